@@ -1,0 +1,178 @@
+//! The [`Snapshot`]: one immutable value holding everything a sidecar runs from.
+//!
+//! A running proxy keeps it behind an `ArcSwap`, loads it once per request and replaces it
+//! with one atomic store, so it must be complete and valid on its own: [`Snapshot::validate`]
+//! is what a loader (or, later, a control-plane client) calls before handing it over.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dapr::{Component, Configuration, Resiliency, Subscription};
+use crate::mesh::HostPort;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Snapshot {
+    /// Identifies this configuration; changes whenever anything in it changes.
+    pub version: String,
+    /// Named sets of sidecar endpoints, by name.
+    pub clusters: BTreeMap<String, Cluster>,
+    /// How calls to a target app id are routed, by target app id. An app id without a route
+    /// goes to the cluster of the same name, or else to the instances found by discovery.
+    pub routes: BTreeMap<String, Route>,
+    pub policies: Policies,
+    /// Dapr components, by name.
+    pub components: BTreeMap<String, Component>,
+    pub subscriptions: Vec<Subscription>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<Configuration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub name: String,
+    pub load_balancer: LoadBalancer,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The endpoint's mesh address (`host:port` of its sidecar's mesh listener).
+    pub address: HostPort,
+    pub weight: u32,
+}
+
+/// How a cluster picks an endpoint. Round robin is the only policy so far; least-request and
+/// peak-EWMA arrive with the resilience work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum LoadBalancer {
+    #[default]
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub name: String,
+    /// The target app id this route carries.
+    pub app: String,
+    pub backends: Vec<WeightedCluster>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::duration::option"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Policies {
+    /// Dapr `Resiliency` resources, by name.
+    pub resiliency: BTreeMap<String, Resiliency>,
+}
+
+/// A snapshot that is internally inconsistent. Names the resource and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("route {route:?}: backends[{index}].cluster: unknown cluster {cluster:?}")]
+    UnknownCluster {
+        route: String,
+        index: usize,
+        cluster: String,
+    },
+    #[error(
+        "route {route:?}: backends: every weight is 0; at least one backend must carry traffic"
+    )]
+    NoWeight { route: String },
+    #[error("cluster {cluster:?}: endpoints: a cluster needs at least one endpoint")]
+    EmptyCluster { cluster: String },
+    #[error("resiliency {resiliency:?}: targets.apps.{app}.{field}: unknown policy {policy:?}")]
+    UnknownPolicy {
+        resiliency: String,
+        app: String,
+        field: &'static str,
+        policy: String,
+    },
+}
+
+impl Snapshot {
+    /// Checks every cross-reference. A snapshot that passes can be served as it is.
+    pub fn validate(&self) -> Result<(), SnapshotError> {
+        for cluster in self.clusters.values() {
+            if cluster.endpoints.is_empty() {
+                return Err(SnapshotError::EmptyCluster {
+                    cluster: cluster.name.clone(),
+                });
+            }
+        }
+        for route in self.routes.values() {
+            for (index, backend) in route.backends.iter().enumerate() {
+                if !self.clusters.contains_key(&backend.cluster) {
+                    return Err(SnapshotError::UnknownCluster {
+                        route: route.name.clone(),
+                        index,
+                        cluster: backend.cluster.clone(),
+                    });
+                }
+            }
+            if route.backends.iter().all(|b| b.weight == 0) {
+                return Err(SnapshotError::NoWeight {
+                    route: route.name.clone(),
+                });
+            }
+        }
+        for (name, res) in &self.policies.resiliency {
+            let policies = &res.spec.policies;
+            for (app, refs) in &res.spec.targets.apps {
+                let checks = [
+                    (
+                        "timeout",
+                        refs.timeout.as_ref(),
+                        policies
+                            .timeouts
+                            .contains_key(refs.timeout.as_deref().unwrap_or_default()),
+                    ),
+                    (
+                        "retry",
+                        refs.retry.as_ref(),
+                        policies
+                            .retries
+                            .contains_key(refs.retry.as_deref().unwrap_or_default()),
+                    ),
+                    (
+                        "circuitBreaker",
+                        refs.circuit_breaker.as_ref(),
+                        policies
+                            .circuit_breakers
+                            .contains_key(refs.circuit_breaker.as_deref().unwrap_or_default()),
+                    ),
+                ];
+                for (field, policy, known) in checks {
+                    if let (Some(policy), false) = (policy, known) {
+                        return Err(SnapshotError::UnknownPolicy {
+                            resiliency: name.clone(),
+                            app: app.clone(),
+                            field,
+                            policy: policy.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Components of one building block (`state`, `pubsub`, `secretstores`).
+    pub fn components_of<'a>(&'a self, block: &'a str) -> impl Iterator<Item = &'a Component> + 'a {
+        self.components
+            .values()
+            .filter(move |c| c.spec.component_type.block() == block)
+    }
+}
