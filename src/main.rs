@@ -1,1 +1,251 @@
-fn main() {}
+//! The `outrigger` command line. Parsing and dispatch only; the work lives in the libraries.
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use outrigger_config::Snapshot;
+use outrigger_proxy::{AppProtocol, SidecarOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "outrigger",
+    version,
+    about = "A Dapr-compatible building-block runtime and mesh data plane in one sidecar",
+    long_about = "Outrigger runs beside each app: the app calls it on localhost with Dapr's HTTP API \
+                  (service invocation by app id), and it carries the call over HTTP/2 to the target \
+                  app's sidecar.\n\nQuick start:\n  outrigger run --app-id b --app-port 8081 -- python3 -m http.server 8081\n  \
+                  outrigger run --app-id a --dapr-http-port 3500\n  curl http://127.0.0.1:3500/v1.0/invoke/b/method/"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a sidecar and, after `--`, the app it serves (like `dapr run`).
+    ///
+    /// The app gets DAPR_HTTP_PORT, DAPR_GRPC_PORT, APP_ID, APP_PORT (and DAPR_API_TOKEN when
+    /// set) in its environment. SIGINT/SIGTERM are relayed to it, and outrigger exits with its
+    /// exit code. Ports left unset use the defaults when free, otherwise any free port.
+    Run(RunArgs),
+    /// Run the sidecar alone, on exactly the ports given (defaults 3500, 15008, 15000).
+    Sidecar(SidecarArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Dapr HTTP API port [default: 3500 if free, else any free port]
+    #[arg(long)]
+    dapr_http_port: Option<u16>,
+    /// Port given to the app in DAPR_GRPC_PORT [default: 50001 if free, else any free port]
+    #[arg(long)]
+    dapr_grpc_port: Option<u16>,
+    /// Mesh listener port [default: 15008 if free, else any free port]
+    #[arg(long)]
+    mesh_port: Option<u16>,
+    /// Admin listener port [default: 15000 if free, else any free port]
+    #[arg(long)]
+    admin_port: Option<u16>,
+    /// The app to start, after `--`: `outrigger run --app-id a -- python3 app.py`
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+struct SidecarArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Dapr HTTP API port (0 picks a free one)
+    #[arg(long, default_value_t = 3500)]
+    dapr_http_port: u16,
+    /// Port advertised to the app as DAPR_GRPC_PORT
+    #[arg(long, default_value_t = 50001)]
+    dapr_grpc_port: u16,
+    /// Mesh listener port, where other sidecars deliver calls (0 picks a free one)
+    #[arg(long, default_value_t = 15008)]
+    mesh_port: u16,
+    /// Admin listener port: /ready, /healthz, /metrics, /config_dump (0 picks a free one)
+    #[arg(long, default_value_t = 15000)]
+    admin_port: u16,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// The app id other apps call this one by
+    #[arg(long, env = "APP_ID")]
+    app_id: String,
+    /// The port the app listens on (127.0.0.1); omit for an app that only makes calls
+    #[arg(long)]
+    app_port: Option<u16>,
+    /// How to talk to the app
+    #[arg(long, value_enum, default_value_t = AppProtocolArg::Http)]
+    app_protocol: AppProtocolArg,
+    /// A directory of Dapr (Component, Resiliency, Subscription, Configuration) and mesh
+    /// (Cluster, Route) YAML resources
+    #[arg(long, value_name = "DIR")]
+    resources_path: Option<PathBuf>,
+    /// The app's namespace; namespaced calls use `<app-id>.<namespace>`
+    #[arg(long, env = "NAMESPACE")]
+    namespace: Option<String>,
+    /// Address the Dapr HTTP API and admin listeners bind to
+    #[arg(long, default_value = "127.0.0.1")]
+    listen_address: IpAddr,
+    /// Address the mesh listener binds to
+    #[arg(long, default_value = "0.0.0.0")]
+    mesh_listen_address: IpAddr,
+    /// Host other sidecars use to reach this one's mesh listener
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_address: String,
+    /// Local registry directory for zero-setup discovery of other sidecars on this host
+    /// [default: $XDG_RUNTIME_DIR/outrigger/registry or /tmp/outrigger-<uid>/registry]
+    #[arg(long, env = "OUTRIGGER_REGISTRY_DIR", value_name = "DIR")]
+    registry_dir: Option<PathBuf>,
+    /// Turn off local-registry discovery (only mesh YAML clusters are reachable)
+    #[arg(long)]
+    no_discovery: bool,
+    /// On SIGTERM, how long to wait for requests in flight
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Requests with a larger header block get 431
+    #[arg(long, default_value_t = 60)]
+    max_request_headers_kb: usize,
+    /// Worker threads
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Required in header dapr-api-token on every Dapr API call except the health checks
+    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true)]
+    dapr_api_token: Option<String>,
+    /// Sent to the app in header dapr-api-token
+    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true)]
+    app_api_token: Option<String>,
+    /// Log filter, e.g. `info` or `debug,pingora_core=info` (RUST_LOG also works)
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AppProtocolArg {
+    Http,
+    H2c,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    outrigger_config::duration::parse(text)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (common, ports, command) = match cli.command {
+        Command::Run(args) => {
+            let host = args.common.listen_address;
+            let ports = Ports {
+                dapr_http: free_or_default(host, args.dapr_http_port, 3500),
+                dapr_grpc: free_or_default(host, args.dapr_grpc_port, 50001),
+                mesh: free_or_default(args.common.mesh_listen_address, args.mesh_port, 15008),
+                admin: free_or_default(host, args.admin_port, 15000),
+            };
+            (args.common, ports, args.command)
+        }
+        Command::Sidecar(args) => {
+            let ports = Ports {
+                dapr_http: args.dapr_http_port,
+                dapr_grpc: args.dapr_grpc_port,
+                mesh: args.mesh_port,
+                admin: args.admin_port,
+            };
+            (args.common, ports, Vec::new())
+        }
+    };
+    init_logging(&common.log_level);
+    let snapshot = match &common.resources_path {
+        Some(dir) => match outrigger_config::load_dir(dir) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                eprintln!("outrigger: cannot load resources: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Snapshot::default(),
+    };
+    match outrigger_proxy::launch(sidecar_options(common, ports), snapshot, command) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("outrigger: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+struct Ports {
+    dapr_http: u16,
+    dapr_grpc: u16,
+    mesh: u16,
+    admin: u16,
+}
+
+fn sidecar_options(common: CommonArgs, ports: Ports) -> SidecarOptions {
+    let mut options = SidecarOptions::new(common.app_id);
+    options.namespace = common.namespace;
+    options.app_port = common.app_port;
+    options.app_protocol = match common.app_protocol {
+        AppProtocolArg::Http => AppProtocol::Http,
+        AppProtocolArg::H2c => AppProtocol::H2c,
+    };
+    options.dapr_http_addr = SocketAddr::new(common.listen_address, ports.dapr_http);
+    options.dapr_grpc_port = ports.dapr_grpc;
+    options.mesh_addr = SocketAddr::new(common.mesh_listen_address, ports.mesh);
+    options.admin_addr = SocketAddr::new(common.listen_address, ports.admin);
+    options.advertise_host = common.advertise_address;
+    options.api_token = common.dapr_api_token.filter(|t| !t.is_empty());
+    options.app_api_token = common.app_api_token.filter(|t| !t.is_empty());
+    options.registry_dir = if common.no_discovery {
+        None
+    } else {
+        Some(
+            common
+                .registry_dir
+                .unwrap_or_else(outrigger_proxy::default_registry_dir),
+        )
+    };
+    options.drain_timeout = common.drain_timeout;
+    options.max_request_header_bytes = common.max_request_headers_kb * 1024;
+    options.threads = common.threads;
+    options
+}
+
+/// `dapr run` style port choice: the explicit port, else the default when it is free, else
+/// any free port (so two `outrigger run`s on one host do not collide).
+fn free_or_default(host: IpAddr, explicit: Option<u16>, default: u16) -> u16 {
+    if let Some(port) = explicit {
+        return port;
+    }
+    let host = if host.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host
+    };
+    if TcpListener::bind((host, default)).is_ok() {
+        return default;
+    }
+    TcpListener::bind((host, 0))
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(format!("{level},pingora_core=warn,pingora_proxy=warn")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

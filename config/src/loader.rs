@@ -233,7 +233,6 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
                             weight: b.weight,
                         })
                         .collect(),
-                    timeout: resource.spec.timeout,
                 };
                 builder.snapshot.routes.insert(app, route);
             }

@@ -3,7 +3,6 @@
 //! Unknown fields are refused, so a typo is an error rather than a silently ignored line.
 
 use std::fmt;
-use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -60,8 +59,6 @@ pub struct RouteSpec {
     /// The target app id whose calls this route carries.
     pub app: String,
     pub backends: Vec<BackendSpec>,
-    #[serde(default, with = "crate::duration::option")]
-    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

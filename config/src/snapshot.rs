@@ -5,7 +5,6 @@
 //! is what a loader (or, later, a control-plane client) calls before handing it over.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,12 +57,6 @@ pub struct Route {
     /// The target app id this route carries.
     pub app: String,
     pub backends: Vec<WeightedCluster>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::duration::option"
-    )]
-    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

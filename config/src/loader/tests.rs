@@ -248,7 +248,6 @@ metadata:
   name: orders
 spec:
   app: orders
-  timeout: 2s
   backends:
   - cluster: orders-v1
 ";
@@ -260,10 +259,6 @@ fn mesh_cluster_and_route_load_into_the_snapshot() {
     assert_eq!(cluster.endpoints.len(), 2);
     assert_eq!(cluster.endpoints[1].weight, 2);
     assert_eq!(snapshot.routes["orders"].backends[0].cluster, "orders-v1");
-    assert_eq!(
-        snapshot.routes["orders"].timeout,
-        Some(std::time::Duration::from_secs(2))
-    );
 }
 
 #[test]

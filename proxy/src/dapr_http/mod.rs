@@ -1,0 +1,347 @@
+//! The Dapr HTTP API listener (default 127.0.0.1:3500): where the local app calls.
+//!
+//! Filters run in order on every request: framing and size guard, API token, then the API
+//! the path names. Health and metadata are answered here; an invocation is resolved to the
+//! target app's endpoints and handed to pingora, which forwards it over HTTP/2 to the chosen
+//! sidecar's mesh listener, streaming both bodies.
+
+mod metadata;
+mod target;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::drain::InFlight;
+use crate::errors::{self, ApiError, ERR_DIRECT_INVOKE, ERR_MALFORMED_REQUEST, ERR_UNAUTHORIZED};
+use crate::metrics::Direction;
+use crate::sidecar::Sidecar;
+use crate::{balance::EndpointSet, header_guard, transport};
+use target::{classify, is_health_path, ApiRoute, InvokeTarget};
+
+pub struct DaprHttpApi {
+    sidecar: Arc<Sidecar>,
+}
+
+impl DaprHttpApi {
+    pub(crate) fn new(sidecar: Arc<Sidecar>) -> Self {
+        DaprHttpApi { sidecar }
+    }
+}
+
+/// Per-request state carried between pingora's phases.
+pub struct ApiCtx {
+    _in_flight: InFlight,
+    started: Instant,
+    invoke: Option<Invocation>,
+    /// Endpoint indexes already tried (a connect failure moves on to the next one).
+    tried: Vec<usize>,
+}
+
+struct Invocation {
+    target: InvokeTarget,
+    uri: http::Uri,
+    endpoints: Arc<EndpointSet>,
+    /// The endpoint of the latest attempt, for error messages.
+    address: Option<String>,
+}
+
+#[async_trait]
+impl ProxyHttp for DaprHttpApi {
+    type CTX = ApiCtx;
+
+    fn new_ctx(&self) -> ApiCtx {
+        ApiCtx {
+            _in_flight: self.sidecar.drain.enter(),
+            started: Instant::now(),
+            invoke: None,
+            tried: Vec::new(),
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut ApiCtx,
+    ) -> pingora::Result<bool> {
+        match self.route(session, ctx).await {
+            Ok(None) => Ok(false),
+            Ok(Some(answer)) => {
+                answer.send(session).await?;
+                Ok(true)
+            }
+            Err(error) => {
+                error.send(session).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut ApiCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let invocation = ctx.invoke.as_mut().ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "no invocation target was resolved",
+            )
+        })?;
+        let Some((index, endpoint)) = invocation.endpoints.pick(&ctx.tried) else {
+            return Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!(
+                    "no reachable instance of {} is left to try",
+                    invocation.target.app_id
+                ),
+            );
+        };
+        ctx.tried.push(index);
+        invocation.address = Some(endpoint.address.clone());
+        let addr = transport::resolve(&endpoint.address).await.map_err(|e| {
+            Error::because(
+                ErrorType::ConnectNoRoute,
+                format!("resolving {}", endpoint.address),
+                e,
+            )
+        })?;
+        Ok(Box::new(transport::mesh_peer(addr)))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut ApiCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Another instance may be up: let pingora call upstream_peer again for the next one.
+        if let Some(invocation) = &ctx.invoke {
+            if ctx.tried.len() < invocation.endpoints.targets.len() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        request: &mut RequestHeader,
+        ctx: &mut ApiCtx,
+    ) -> pingora::Result<()> {
+        let Some(invocation) = &ctx.invoke else {
+            return Ok(());
+        };
+        request.set_uri(invocation.uri.clone());
+        request.remove_header("dapr-api-token");
+        request.remove_header("dapr-app-id");
+        if invocation.target.via_basic_auth {
+            request.remove_header("authorization");
+        }
+        let options = &self.sidecar.options;
+        request.insert_header("dapr-caller-app-id", options.app_id.as_str())?;
+        request.insert_header("dapr-callee-app-id", invocation.target.app_id.as_str())?;
+        match &options.namespace {
+            Some(ns) => request.insert_header("dapr-caller-namespace", ns.as_str())?,
+            None => {
+                request.remove_header("dapr-caller-namespace");
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut ApiCtx,
+    ) -> FailToProxy {
+        let error = if session.response_written().is_some() {
+            None // the response is already under way; all we can do is cut it
+        } else if e.esource() == &ErrorSource::Downstream {
+            match e.etype() {
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
+                _ => Some(
+                    ApiError::new(
+                        400,
+                        ERR_MALFORMED_REQUEST,
+                        format!("malformed request: {e}"),
+                    )
+                    .closing(),
+                ),
+            }
+        } else if let Some(invocation) = &ctx.invoke {
+            let at = invocation.address.as_deref().unwrap_or("no endpoint");
+            Some(ApiError::invoke(
+                &invocation.target.app_id,
+                format!("{at}: {}", describe(e)),
+            ))
+        } else {
+            Some(ApiError::new(500, "ERR_INTERNAL", e.to_string()))
+        };
+        let code = match error {
+            Some(error) => {
+                if let Err(write) = error.send(session).await {
+                    tracing::debug!(error = %write, "could not send the error response");
+                }
+                error.status
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut ApiCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let app = ctx.invoke.as_ref().map_or("", |i| i.target.app_id.as_str());
+        self.sidecar
+            .metrics
+            .record(Direction::Outbound, app, status, ctx.started.elapsed());
+    }
+}
+
+/// What a request filter decided: forward it (`None`) or answer it.
+enum Answer {
+    NoContent,
+    Json(Bytes),
+}
+
+impl Answer {
+    async fn send(self, session: &mut Session) -> pingora::Result<()> {
+        match self {
+            Answer::NoContent => errors::send_no_content(session).await,
+            Answer::Json(body) => errors::send_json(session, body).await,
+        }
+    }
+}
+
+impl DaprHttpApi {
+    async fn route(
+        &self,
+        session: &mut Session,
+        ctx: &mut ApiCtx,
+    ) -> Result<Option<Answer>, ApiError> {
+        let options = &self.sidecar.options;
+        header_guard::check(session, options.max_request_header_bytes)?;
+
+        let header = session.req_header();
+        let path = header.uri.path().to_string();
+        if let Some(expected) = &options.api_token {
+            if !is_health_path(&path) {
+                let given = header.headers.get("dapr-api-token").map(|v| v.as_bytes());
+                if !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
+                    let what = if given.is_some() {
+                        "invalid"
+                    } else {
+                        "missing"
+                    };
+                    return Err(ApiError::new(
+                        401,
+                        ERR_UNAUTHORIZED,
+                        format!("{what} api token in header dapr-api-token"),
+                    ));
+                }
+            }
+        }
+
+        let text = |name: &str| header.headers.get(name).and_then(|v| v.to_str().ok());
+        let route = classify(
+            &header.method,
+            &path,
+            header.uri.query(),
+            text("dapr-app-id"),
+            text("authorization"),
+        );
+        match route {
+            ApiRoute::Healthz | ApiRoute::HealthzOutbound => {
+                if self.sidecar.is_ready() {
+                    Ok(Some(Answer::NoContent))
+                } else {
+                    Err(ApiError::new(500, "ERR_HEALTH_NOT_READY", "dapr is not ready"))
+                }
+            }
+            ApiRoute::Metadata => Ok(Some(Answer::Json(metadata::render(&self.sidecar)))),
+            ApiRoute::SetMetadata(key) => {
+                let value = read_small_body(session, 64 * 1024).await?;
+                self.sidecar.extended_metadata.lock().insert(key, value);
+                Ok(Some(Answer::NoContent))
+            }
+            ApiRoute::NoAppId => Err(ApiError::new(
+                404,
+                ERR_DIRECT_INVOKE,
+                "failed getting app id either from the URL path or the header dapr-app-id",
+            )),
+            ApiRoute::NoMethod(app) => Err(ApiError::new(
+                400,
+                ERR_DIRECT_INVOKE,
+                format!("failed to invoke, id: {app}, err: no method given; call /v1.0/invoke/{app}/method/<method>"),
+            )),
+            ApiRoute::Invoke(target) => {
+                let uri = http::Uri::try_from(target.path_and_query.as_str()).map_err(|e| {
+                    ApiError::new(400, ERR_MALFORMED_REQUEST, format!("invalid method path {:?}: {e}", target.path_and_query))
+                })?;
+                let endpoints = self
+                    .sidecar
+                    .endpoints_for(&target.app_id, target.namespace.as_deref())
+                    .await
+                    .ok_or_else(|| ApiError::invoke(&target.app_id, format!("couldn't find service: {}", target.app_id)))?;
+                ctx.invoke = Some(Invocation { target, uri, endpoints, address: None });
+                Ok(None)
+            }
+        }
+    }
+}
+
+async fn read_small_body(session: &mut Session, limit: usize) -> Result<String, ApiError> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > limit {
+                    return Err(ApiError::new(
+                        413,
+                        ERR_MALFORMED_REQUEST,
+                        format!("body over {limit} bytes"),
+                    )
+                    .closing());
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(
+                    ApiError::new(400, ERR_MALFORMED_REQUEST, format!("reading body: {e}"))
+                        .closing(),
+                )
+            }
+        }
+    }
+    String::from_utf8(body)
+        .map_err(|_| ApiError::new(400, ERR_MALFORMED_REQUEST, "metadata value is not UTF-8"))
+}
+
+/// A short account of a proxy error for a user: the error kind and its root cause.
+pub(crate) fn describe(e: &Error) -> String {
+    match &e.cause {
+        Some(cause) => format!("{} ({cause})", e.etype().as_str()),
+        None => match &e.context {
+            Some(context) => format!("{} ({context})", e.etype().as_str()),
+            None => e.etype().as_str().to_string(),
+        },
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

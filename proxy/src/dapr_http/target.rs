@@ -1,0 +1,226 @@
+//! Which Dapr API a request is for, and for invocations, which app and which method.
+//!
+//! Order, as daprd does it: `/v1.0/invoke/{id}/method/{method}` takes the app id from the
+//! `dapr-app-id` header, then basic auth (user `dapr-app-id`, password the id), then the URL;
+//! the health and metadata APIs are answered locally; any other path is an invocation of the
+//! app named by the header or basic auth, with the whole path as the method.
+
+use base64::Engine as _;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApiRoute {
+    Healthz,
+    HealthzOutbound,
+    Metadata,
+    /// `PUT /v1.0/metadata/{key}`.
+    SetMetadata(String),
+    Invoke(InvokeTarget),
+    /// An invocation whose app id could not be found (404).
+    NoAppId,
+    /// `/v1.0/invoke/{id}` with no method (400).
+    NoMethod(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InvokeTarget {
+    pub(crate) app_id: String,
+    pub(crate) namespace: Option<String>,
+    /// The request target for the app: `/method/path?query`.
+    pub(crate) path_and_query: String,
+    /// The `Authorization` header carried the app id and must not be forwarded.
+    pub(crate) via_basic_auth: bool,
+}
+
+/// The health checks, which an API token does not guard.
+pub(crate) fn is_health_path(path: &str) -> bool {
+    matches!(path, "/v1.0/healthz" | "/v1.0/healthz/outbound")
+}
+
+pub(crate) fn classify(
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+    app_id_header: Option<&str>,
+    authorization: Option<&str>,
+) -> ApiRoute {
+    let from_basic = authorization.and_then(basic_auth_app_id);
+    let explicit = app_id_header
+        .map(str::to_string)
+        .or_else(|| from_basic.clone());
+    let via_basic_auth = app_id_header.is_none() && from_basic.is_some();
+    let with_query = |p: &str| match query {
+        Some(q) => format!("{p}?{q}"),
+        None => p.to_string(),
+    };
+
+    if let Some(rest) = path.strip_prefix("/v1.0/invoke/") {
+        let (url_id, method_path) = match rest.split_once("/method/") {
+            Some((id, m)) => (id, Some(m)),
+            None => (rest.trim_end_matches('/').trim_end_matches("/method"), None),
+        };
+        let Some(app) = explicit.or_else(|| (!url_id.is_empty()).then(|| url_id.to_string()))
+        else {
+            return ApiRoute::NoAppId;
+        };
+        let method_path = match method_path {
+            Some(m) if !m.is_empty() => m,
+            _ => return ApiRoute::NoMethod(app),
+        };
+        return invoke(&app, with_query(&format!("/{method_path}")), via_basic_auth);
+    }
+
+    match (path, method) {
+        ("/v1.0/healthz", _) => return ApiRoute::Healthz,
+        ("/v1.0/healthz/outbound", _) => return ApiRoute::HealthzOutbound,
+        ("/v1.0/metadata", _) => return ApiRoute::Metadata,
+        (p, &http::Method::PUT) if p.starts_with("/v1.0/metadata/") => {
+            let key = &p["/v1.0/metadata/".len()..];
+            if !key.is_empty() {
+                return ApiRoute::SetMetadata(key.to_string());
+            }
+        }
+        _ => {}
+    }
+
+    match explicit {
+        Some(app) if !app.is_empty() => invoke(&app, with_query(path), via_basic_auth),
+        _ => ApiRoute::NoAppId,
+    }
+}
+
+fn invoke(app: &str, path_and_query: String, via_basic_auth: bool) -> ApiRoute {
+    // Namespaced ids are `<app>.<namespace>`; Dapr app ids cannot contain a dot.
+    let (app_id, namespace) = match app.split_once('.') {
+        Some((a, ns)) => (a.to_string(), Some(ns.to_string())),
+        None => (app.to_string(), None),
+    };
+    ApiRoute::Invoke(InvokeTarget {
+        app_id,
+        namespace,
+        path_and_query,
+        via_basic_auth,
+    })
+}
+
+fn basic_auth_app_id(authorization: &str) -> Option<String> {
+    let (scheme, encoded) = authorization.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    (user == "dapr-app-id" && !password.is_empty()).then(|| password.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    fn route(
+        path: &str,
+        query: Option<&str>,
+        header: Option<&str>,
+        auth: Option<&str>,
+    ) -> ApiRoute {
+        classify(&Method::POST, path, query, header, auth)
+    }
+
+    fn target(app: &str, ns: Option<&str>, pq: &str, basic: bool) -> ApiRoute {
+        ApiRoute::Invoke(InvokeTarget {
+            app_id: app.into(),
+            namespace: ns.map(Into::into),
+            path_and_query: pq.into(),
+            via_basic_auth: basic,
+        })
+    }
+
+    #[test]
+    fn url_form_keeps_nested_method_path_and_query() {
+        assert_eq!(
+            route("/v1.0/invoke/b/method/echo/deep", Some("x=1"), None, None),
+            target("b", None, "/echo/deep?x=1", false)
+        );
+    }
+
+    #[test]
+    fn header_form_proxies_the_whole_path() {
+        assert_eq!(
+            route("/echo/deep", Some("x=1"), Some("b"), None),
+            target("b", None, "/echo/deep?x=1", false)
+        );
+    }
+
+    #[test]
+    fn header_wins_over_the_url_id_on_invoke_paths() {
+        assert_eq!(
+            route("/v1.0/invoke/a/method/m", None, Some("b"), None),
+            target("b", None, "/m", false)
+        );
+    }
+
+    #[test]
+    fn basic_auth_form_names_the_app() {
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("dapr-app-id:b")
+        );
+        assert_eq!(
+            route("/orders", None, None, Some(&auth)),
+            target("b", None, "/orders", true)
+        );
+        let other = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:secret")
+        );
+        assert_eq!(
+            route("/orders", None, None, Some(&other)),
+            ApiRoute::NoAppId
+        );
+    }
+
+    #[test]
+    fn namespaced_ids_split_on_the_dot() {
+        assert_eq!(
+            route("/v1.0/invoke/b.prod/method/m", None, None, None),
+            target("b", Some("prod"), "/m", false)
+        );
+    }
+
+    #[test]
+    fn missing_app_id_or_method() {
+        assert_eq!(route("/orders", None, None, None), ApiRoute::NoAppId);
+        assert_eq!(
+            route("/v1.0/invoke//method/x", None, None, None),
+            ApiRoute::NoAppId
+        );
+        assert_eq!(
+            route("/v1.0/invoke/b", None, None, None),
+            ApiRoute::NoMethod("b".into())
+        );
+        assert_eq!(
+            route("/v1.0/invoke/b/method/", None, None, None),
+            ApiRoute::NoMethod("b".into())
+        );
+    }
+
+    #[test]
+    fn local_apis() {
+        assert_eq!(route("/v1.0/healthz", None, None, None), ApiRoute::Healthz);
+        assert_eq!(
+            route("/v1.0/healthz/outbound", None, None, None),
+            ApiRoute::HealthzOutbound
+        );
+        assert_eq!(
+            classify(&Method::GET, "/v1.0/metadata", None, None, None),
+            ApiRoute::Metadata
+        );
+        assert_eq!(
+            classify(&Method::PUT, "/v1.0/metadata/k", None, None, None),
+            ApiRoute::SetMetadata("k".into())
+        );
+    }
+}
