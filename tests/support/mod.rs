@@ -1,0 +1,299 @@
+//! Shared pieces of the end-to-end tests: real `outrigger` processes, real echo apps, and the
+//! small clients that talk to them. Every process gets ephemeral ports and every test its own
+//! registry directory, so tests run in parallel without seeing each other.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub fn outrigger_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_outrigger"))
+}
+
+pub fn echo_app_bin() -> PathBuf {
+    // `cargo test` builds the examples next to the test binaries' target dir.
+    let bin = outrigger_bin();
+    let dir = bin.parent().expect("binary has a directory");
+    let path = dir.join("examples").join("echo_app");
+    assert!(
+        path.exists(),
+        "{} is missing; run the tests with `cargo test` (it builds examples)",
+        path.display()
+    );
+    path
+}
+
+/// A child process whose output is captured line by line (shown when a test fails).
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), signal)
+            .expect("signal");
+    }
+
+    /// Waits for the process to exit (bounded, so a hung process fails the test instead of
+    /// hanging it).
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit; output:\n{}", self.name, self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Peak-so-far resident set size in bytes, from /proc.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- output of {} ---\n{}", self.name, self.output());
+        }
+    }
+}
+
+/// Spawns `command`, capturing stdout and stderr; returns once a line satisfying `ready`
+/// appears (with that line), or panics with the output if the process exits first.
+pub fn spawn_until(
+    name: &str,
+    mut command: Command,
+    ready: impl Fn(&str) -> bool,
+) -> (Proc, String) {
+    command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel::<Option<String>>();
+    for stream in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
+        let lines = lines.clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line.clone());
+                let _ = tx.send(Some(line));
+            }
+            let _ = tx.send(None);
+        });
+    }
+    drop(tx);
+    let mut closed = 0;
+    let proc = Proc {
+        child,
+        name: name.to_string(),
+        lines,
+    };
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(line)) if ready(&line) => return (proc, line),
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                closed += 1;
+                if closed == 2 {
+                    panic!(
+                        "{name} exited before it was ready; output:\n{}",
+                        proc.output()
+                    );
+                }
+            }
+            Err(_) => panic!("{name} not ready after 60s; output:\n{}", proc.output()),
+        }
+    }
+}
+
+/// A running echo app (examples/echo_app.rs).
+pub struct EchoApp {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+pub fn start_echo_app(name: &str) -> EchoApp {
+    let mut command = Command::new(echo_app_bin());
+    command.arg("0").arg(name);
+    let (proc, line) = spawn_until(&format!("echo app {name}"), command, |l| {
+        l.starts_with("listening on ")
+    });
+    let addr: SocketAddr = line
+        .trim_start_matches("listening on ")
+        .parse()
+        .expect("echo app address");
+    EchoApp {
+        proc,
+        port: addr.port(),
+    }
+}
+
+/// A running `outrigger sidecar` and the addresses it listens on.
+pub struct SidecarProc {
+    pub proc: Proc,
+    pub dapr_http: SocketAddr,
+    pub mesh: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl SidecarProc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.dapr_http, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+}
+
+/// Parses `key=value` out of the sidecar's "sidecar listening" log line.
+pub fn field(line: &str, key: &str) -> SocketAddr {
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("bad {key} in {line:?}: {e}"))
+}
+
+/// A sidecar builder with ephemeral ports and the test's registry.
+pub struct SidecarBuilder {
+    pub command: Command,
+    name: String,
+}
+
+impl SidecarBuilder {
+    pub fn new(app_id: &str, registry: &Path) -> Self {
+        let mut command = Command::new(outrigger_bin());
+        command
+            .arg("sidecar")
+            .args(["--app-id", app_id])
+            .args([
+                "--dapr-http-port",
+                "0",
+                "--mesh-port",
+                "0",
+                "--admin-port",
+                "0",
+            ])
+            .arg("--registry-dir")
+            .arg(registry)
+            .env_remove("DAPR_API_TOKEN")
+            .env_remove("APP_API_TOKEN")
+            .env_remove("RUST_LOG");
+        SidecarBuilder {
+            command,
+            name: format!("sidecar {app_id}"),
+        }
+    }
+
+    pub fn app_port(mut self, port: u16) -> Self {
+        self.command.args(["--app-port", &port.to_string()]);
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.command.arg(arg);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn start(self) -> SidecarProc {
+        let (proc, line) = spawn_until(&self.name, self.command, |l| {
+            l.contains("sidecar listening")
+        });
+        SidecarProc {
+            dapr_http: field(&line, "dapr_http"),
+            mesh: field(&line, "mesh"),
+            admin: field(&line, "admin"),
+            proc,
+        }
+    }
+}
+
+/// The usual pair: app `b` (an echo app) behind its sidecar, and app `a`'s sidecar to call from.
+pub struct Mesh {
+    pub registry: tempfile::TempDir,
+    pub app_b: EchoApp,
+    pub b: SidecarProc,
+    pub a: SidecarProc,
+}
+
+pub fn start_pair() -> Mesh {
+    let registry = tempfile::tempdir().expect("tempdir");
+    let app_b = start_echo_app("b");
+    let b = SidecarBuilder::new("b", registry.path())
+        .app_port(app_b.port)
+        .start();
+    let a = SidecarBuilder::new("a", registry.path()).start();
+    Mesh {
+        registry,
+        app_b,
+        b,
+        a,
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it (or 10 s pass).
+/// Returns the bytes read and whether the server closed the connection.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer and close before it has read everything; a failed write is fine.
+    let _ = stream.write_all(request).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break true, // reset counts as closed
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).to_string(), closed)
+}
