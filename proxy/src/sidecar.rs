@@ -242,15 +242,15 @@ pub async fn run(
     server_options.h2c = true;
     let h2c = Some(server_options);
 
+    // The Dapr HTTP API is HTTP/1.1 only: pingora's h2c detection waits for 24 bytes of
+    // preface, which would leave a shorter HTTP/1 request hanging. The mesh listener, where
+    // only sidecars connect, speaks h2c.
     let mut dapr = pingora::proxy::http_proxy_service_with_name(
         &conf,
         DaprHttpApi::new(sidecar.clone()),
         "dapr-http",
     );
     dapr.add_tcp(&addrs.dapr_http.to_string());
-    if let Some(app) = dapr.app_logic_mut() {
-        app.server_options = h2c.clone();
-    }
     let mut mesh = pingora::proxy::http_proxy_service_with_name(
         &conf,
         MeshInbound::new(sidecar.clone()),
