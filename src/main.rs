@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use outrigger_config::Snapshot;
-use outrigger_proxy::{AppProtocol, SidecarOptions};
+use outrigger_proxy::{AppProtocol, MovablePorts, SidecarOptions};
 
 #[derive(Parser)]
 #[command(
@@ -146,10 +146,16 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             let host = args.common.listen_address;
             let ports = Ports {
-                dapr_http: free_or_default(host, args.dapr_http_port, 3500),
+                dapr_http: args.dapr_http_port.unwrap_or(3500),
                 dapr_grpc: free_or_default(host, args.dapr_grpc_port, 50001),
-                mesh: free_or_default(args.common.mesh_listen_address, args.mesh_port, 15008),
-                admin: free_or_default(host, args.admin_port, 15000),
+                mesh: args.mesh_port.unwrap_or(15008),
+                admin: args.admin_port.unwrap_or(15000),
+                // Only the ports the user left unset may move.
+                movable: MovablePorts {
+                    dapr_http: args.dapr_http_port.is_none(),
+                    mesh: args.mesh_port.is_none(),
+                    admin: args.admin_port.is_none(),
+                },
             };
             (args.common, ports, args.command)
         }
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
                 dapr_grpc: args.dapr_grpc_port,
                 mesh: args.mesh_port,
                 admin: args.admin_port,
+                movable: MovablePorts::default(),
             };
             (args.common, ports, Vec::new())
         }
@@ -188,6 +195,7 @@ struct Ports {
     dapr_grpc: u16,
     mesh: u16,
     admin: u16,
+    movable: MovablePorts,
 }
 
 fn sidecar_options(common: CommonArgs, ports: Ports) -> SidecarOptions {
@@ -202,6 +210,7 @@ fn sidecar_options(common: CommonArgs, ports: Ports) -> SidecarOptions {
     options.dapr_grpc_port = ports.dapr_grpc;
     options.mesh_addr = SocketAddr::new(common.mesh_listen_address, ports.mesh);
     options.admin_addr = SocketAddr::new(common.listen_address, ports.admin);
+    options.movable_ports = ports.movable;
     options.advertise_host = common.advertise_address;
     options.api_token = common.dapr_api_token.filter(|t| !t.is_empty());
     options.app_api_token = common.app_api_token.filter(|t| !t.is_empty());
@@ -220,8 +229,8 @@ fn sidecar_options(common: CommonArgs, ports: Ports) -> SidecarOptions {
     options
 }
 
-/// `dapr run` style port choice: the explicit port, else the default when it is free, else
-/// any free port (so two `outrigger run`s on one host do not collide).
+/// The port handed to the app as DAPR_GRPC_PORT (the gRPC API is not served yet): the explicit
+/// one, else the default when it is free, else any free port.
 fn free_or_default(host: IpAddr, explicit: Option<u16>, default: u16) -> u16 {
     if let Some(port) = explicit {
         return port;

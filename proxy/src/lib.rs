@@ -26,5 +26,5 @@ mod transport;
 
 pub use discovery::{default_registry_dir, RegistryEntry};
 pub use launch::{launch, LaunchError};
-pub use options::{AppProtocol, SidecarOptions};
+pub use options::{AppProtocol, MovablePorts, SidecarOptions};
 pub use sidecar::{run, BoundListeners, ProxyError, Sidecar};

@@ -15,6 +15,13 @@ pub enum AppProtocol {
     H2c,
 }
 
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MovablePorts {
+    pub dapr_http: bool,
+    pub mesh: bool,
+    pub admin: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct SidecarOptions {
     pub app_id: String,
@@ -28,6 +35,9 @@ pub struct SidecarOptions {
     pub dapr_grpc_port: u16,
     pub mesh_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Listeners that bind any free port when theirs is taken, instead of failing
+    /// (`outrigger run` for the ports the user left unset, so several apps on one host just work).
+    pub movable_ports: MovablePorts,
     /// The host other sidecars reach this one's mesh listener at.
     pub advertise_host: String,
     /// `DAPR_API_TOKEN`: required on every Dapr API call except the health checks.
@@ -56,6 +66,7 @@ impl SidecarOptions {
             dapr_grpc_port: 50001,
             mesh_addr: SocketAddr::from(([0, 0, 0, 0], 15008)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            movable_ports: MovablePorts::default(),
             advertise_host: "127.0.0.1".to_string(),
             api_token: None,
             app_api_token: None,

@@ -172,9 +172,14 @@ pub struct BoundListeners {
 
 impl BoundListeners {
     pub fn bind(options: &SidecarOptions) -> Result<Self, ProxyError> {
-        let bind = |what, addr, flag| {
+        let bind = |what, addr: SocketAddr, flag, movable: bool| {
+            let mut bound = TcpListener::bind(addr);
+            if movable && matches!(&bound, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse) {
+                tracing::info!(%addr, "{what} port is taken; using a free port instead");
+                bound = TcpListener::bind(SocketAddr::new(addr.ip(), 0));
+            }
             // pingora adopts the socket into tokio, which needs it non-blocking.
-            TcpListener::bind(addr)
+            bound
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|source| ProxyError::Bind {
                     what,
@@ -184,9 +189,24 @@ impl BoundListeners {
                 })
         };
         Ok(BoundListeners {
-            dapr_http: bind("Dapr HTTP API", options.dapr_http_addr, "--dapr-http-port")?,
-            mesh: bind("mesh listener", options.mesh_addr, "--mesh-port")?,
-            admin: bind("admin listener", options.admin_addr, "--admin-port")?,
+            dapr_http: bind(
+                "Dapr HTTP API",
+                options.dapr_http_addr,
+                "--dapr-http-port",
+                options.movable_ports.dapr_http,
+            )?,
+            mesh: bind(
+                "mesh listener",
+                options.mesh_addr,
+                "--mesh-port",
+                options.movable_ports.mesh,
+            )?,
+            admin: bind(
+                "admin listener",
+                options.admin_addr,
+                "--admin-port",
+                options.movable_ports.admin,
+            )?,
         })
     }
 
