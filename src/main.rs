@@ -251,7 +251,13 @@ fn free_or_default(host: IpAddr, explicit: Option<u16>, default: u16) -> u16 {
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{level},pingora_core=warn,pingora_proxy=warn")))
+        // pingora's connector logs a benign pool race ("failed to acquire reusable stream") at
+        // error level under load; connect failures that matter reach our own error responses.
+        .or_else(|_| {
+            EnvFilter::try_new(format!(
+                "{level},pingora_core=warn,pingora_proxy=warn,pingora_core::connectors=off"
+            ))
+        })
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()

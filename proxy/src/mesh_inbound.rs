@@ -154,6 +154,12 @@ impl ProxyHttp for MeshInbound {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, error: &Error) -> bool {
+        // A client that hangs up or sends garbage is the client's problem, and under load
+        // (a benchmark stopping) it would flood the log; the metrics still count it.
+        error.esource() == &ErrorSource::Downstream
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.sidecar.metrics.record(

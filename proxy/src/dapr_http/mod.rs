@@ -202,6 +202,12 @@ impl ProxyHttp for DaprHttpApi {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &ApiCtx, error: &Error) -> bool {
+        // A client that hangs up or sends garbage is the client's problem, and under load
+        // (a benchmark stopping) it would flood the log; the metrics still count it.
+        error.esource() == &ErrorSource::Downstream
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut ApiCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let app = ctx.invoke.as_ref().map_or("", |i| i.target.app_id.as_str());
