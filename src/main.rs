@@ -35,6 +35,12 @@ enum Command {
     Run(RunArgs),
     /// Run the sidecar alone, on exactly the ports given (defaults 3500, 15008, 15000).
     Sidecar(SidecarArgs),
+    /// Generate HTTP load: open-loop at a fixed rate (latency corrected for coordinated
+    /// omission) or closed-loop at full speed; HTTP/1.1 or HTTP/2.
+    Load(outrigger_load::cli::LoadArgs),
+    /// Run benchmark scenarios (direct, Outrigger 1-hop and 2-hop, nginx and haproxy 2-hop)
+    /// side by side and write a markdown report with plots.
+    Bench(outrigger_bench::cli::BenchArgs),
 }
 
 #[derive(Args)]
@@ -143,6 +149,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (common, ports, command) = match cli.command {
+        Command::Load(args) => return outrigger_load::cli::run(args),
+        Command::Bench(args) => return outrigger_bench::cli::run(args),
         Command::Run(args) => {
             let host = args.common.listen_address;
             let ports = Ports {

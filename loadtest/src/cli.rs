@@ -1,0 +1,3 @@
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {}
+pub fn run(_args: LoadArgs) -> std::process::ExitCode { std::process::ExitCode::FAILURE }

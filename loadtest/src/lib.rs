@@ -1,0 +1,2 @@
+//! PLACEHOLDER — being written (issue 3).
+pub mod cli;
