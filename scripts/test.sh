@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: cmake builds pingora's zlib-ng; curl is used by the quick start.
+# System packages: cmake builds pingora's zlib-ng; curl is used by the quick start; nginx and
+# haproxy are the peer proxies `outrigger bench` compares against; wrk cross-checks `outrigger load`.
 need=()
-for tool in cmake curl; do
+for tool in cmake curl wrk; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
+[ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 if ((${#need[@]})); then
     sudo=""
@@ -16,6 +19,9 @@ if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+    # The packaged services start on install; the benchmark runs its own instances.
+    $sudo service nginx stop >/dev/null 2>&1 || true
+    $sudo service haproxy stop >/dev/null 2>&1 || true
 fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -1,3 +1,156 @@
+//! `outrigger bench [SCENARIO…] --out DIR`: start everything, run the plan, write the report.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::procs::{cpu_count, pin_current_thread};
+use crate::runner::{run_all, Settings};
+use crate::scenario::{ScenarioName, Topology};
+use crate::{peers, plot, report, upstream};
+
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
-pub fn run(_args: BenchArgs) -> std::process::ExitCode { std::process::ExitCode::FAILURE }
+pub struct BenchArgs {
+    /// Scenarios to run [default: all]: direct, outrigger-1hop, outrigger-2hop, nginx-2hop, haproxy-2hop
+    #[arg(value_enum)]
+    scenarios: Vec<ScenarioName>,
+    /// Where the report (report.md), raw results (results.json), plots (*.svg) and logs go
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Measured time per run
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before each run
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Repetitions of every scenario at every load point (medians are reported)
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
+    /// Client connections
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Fixed open-loop rates in requests per second, comma separated
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    rates: Vec<f64>,
+    /// Skip the extra rate at half of the best peer's saturation throughput
+    #[arg(long)]
+    no_half_peer_rate: bool,
+    /// Skip the closed-loop saturation runs
+    #[arg(long)]
+    no_saturation: bool,
+    /// Response body size of the upstream app, bytes
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+    /// Do not pin the load generator and the servers to separate cores
+    #[arg(long)]
+    no_pin: bool,
+    /// Do not apt-get install nginx/haproxy when missing
+    #[arg(long)]
+    no_install: bool,
+    /// Internal: serve the upstream app on this port and never return
+    #[arg(long, hide = true)]
+    serve_upstream: Option<u16>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e}; expected e.g. 500ms, 10s, 1m"))
+}
+
+pub fn run(args: BenchArgs) -> ExitCode {
+    if let Some(port) = args.serve_upstream {
+        return match upstream::serve(port, args.body_bytes) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("upstream: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match bench(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outrigger bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let mut scenarios = if args.scenarios.is_empty() { ScenarioName::ALL.to_vec() } else { args.scenarios.clone() };
+    scenarios.sort();
+    scenarios.dedup();
+    if scenarios.iter().any(|s| s.is_peer()) && !args.no_install {
+        peers::ensure_installed()?;
+    }
+    anyhow::ensure!(args.repetitions >= 1, "--repetitions must be at least 1");
+    anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
+    anyhow::ensure!(args.rates.iter().all(|r| *r > 0.0), "--rates must be positive");
+
+    // The load generator gets core 0, every server core 1: they then compete only with their
+    // own kind, which keeps runs comparable on a small shared machine.
+    let pin = !args.no_pin && cpu_count() >= 2;
+    let server_cpu = pin.then_some(1);
+    if pin {
+        pin_current_thread(0);
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let out = args.out.canonicalize()?;
+    let work = out.join("work");
+    std::fs::create_dir_all(&work)?;
+    let exe = std::env::current_exe().context("finding the outrigger binary")?;
+
+    let topology = Topology::start(&scenarios, &exe, &work, server_cpu, args.body_bytes)?;
+    let settings = Settings {
+        duration: args.duration,
+        warmup: args.warmup,
+        repetitions: args.repetitions,
+        connections: args.connections,
+        rates: args.rates.clone(),
+        half_peer_saturation: !args.no_half_peer_rate && !args.no_saturation,
+        skip_saturation: args.no_saturation,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let results = runtime.block_on(run_all(&topology.scenarios, &settings))?;
+    drop(topology);
+
+    let summaries = report::summarise(&results);
+    let headline = report::headline(&summaries);
+    let context = context_text(&args, pin);
+    std::fs::write(out.join("report.md"), report::markdown(&summaries, &headline, &context))?;
+    let raw = serde_json::json!({ "context": context, "headline": headline, "summaries": summaries, "runs": results });
+    std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&raw)?)?;
+    let plots = plot::write_all(&summaries, &out)?;
+
+    println!("outrigger bench: report in {}", out.join("report.md").display());
+    for plot in plots {
+        println!("  plot: {}", plot.display());
+    }
+    for line in headline.lines() {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+fn context_text(args: &BenchArgs, pinned: bool) -> String {
+    let command: Vec<String> = std::env::args().collect();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "- date: {}\n- command: `{}`\n- machine: {} CPUs ({cpu}), Linux {}\n- settings: {} connections, HTTP/1.1 client, {:?} measured + {:?} warm-up per run, {} repetitions, {}-byte responses\n- pinning: {}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        command.join(" "),
+        cpu_count(),
+        kernel.trim(),
+        args.connections,
+        args.duration,
+        args.warmup,
+        args.repetitions,
+        args.body_bytes,
+        if pinned { "load generator on CPU 0, every server on CPU 1" } else { "none" }
+    )
+}

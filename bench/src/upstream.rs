@@ -1,0 +1,38 @@
+//! The upstream app every scenario ends at: a small, fast HTTP/1.1 + h2c server answering every
+//! request with 200 and a fixed body, so the measurements are about the hops, not the app.
+//! Runs as `outrigger bench --serve-upstream PORT` in its own (pinned) process.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+/// Serves forever on 127.0.0.1:`port` with a `body_bytes` response body.
+pub fn serve(port: u16, body_bytes: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        let body = Bytes::from(vec![b'x'; body_bytes]);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        // Drain the request body so keep-alive works for POSTs too.
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, Infallible>(Response::new(Full::new(body)))
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    })
+}
