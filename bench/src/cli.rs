@@ -78,7 +78,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let mut scenarios = if args.scenarios.is_empty() { ScenarioName::ALL.to_vec() } else { args.scenarios.clone() };
+    let mut scenarios = if args.scenarios.is_empty() {
+        ScenarioName::ALL.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
     scenarios.sort();
     scenarios.dedup();
     if scenarios.iter().any(|s| s.is_peer()) && !args.no_install {
@@ -86,7 +90,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(args.repetitions >= 1, "--repetitions must be at least 1");
     anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
-    anyhow::ensure!(args.rates.iter().all(|r| *r > 0.0), "--rates must be positive");
+    anyhow::ensure!(
+        args.rates.iter().all(|r| *r > 0.0),
+        "--rates must be positive"
+    );
 
     // The load generator gets core 0, every server core 1: they then compete only with their
     // own kind, which keeps runs comparable on a small shared machine.
@@ -95,7 +102,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if pin {
         pin_current_thread(0);
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let out = args.out.canonicalize()?;
     let work = out.join("work");
     std::fs::create_dir_all(&work)?;
@@ -111,19 +119,27 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         half_peer_saturation: !args.no_half_peer_rate && !args.no_saturation,
         skip_saturation: args.no_saturation,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let results = runtime.block_on(run_all(&topology.scenarios, &settings))?;
     drop(topology);
 
     let summaries = report::summarise(&results);
     let headline = report::headline(&summaries);
     let context = context_text(&args, pin);
-    std::fs::write(out.join("report.md"), report::markdown(&summaries, &headline, &context))?;
+    std::fs::write(
+        out.join("report.md"),
+        report::markdown(&summaries, &headline, &context),
+    )?;
     let raw = serde_json::json!({ "context": context, "headline": headline, "summaries": summaries, "runs": results });
     std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&raw)?)?;
     let plots = plot::write_all(&summaries, &out)?;
 
-    println!("outrigger bench: report in {}", out.join("report.md").display());
+    println!(
+        "outrigger bench: report in {}",
+        out.join("report.md").display()
+    );
     for plot in plots {
         println!("  plot: {}", plot.display());
     }
@@ -137,7 +153,11 @@ fn context_text(args: &BenchArgs, pinned: bool) -> String {
     let command: Vec<String> = std::env::args().collect();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(

@@ -20,14 +20,24 @@ pub(crate) fn ensure_installed() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("outrigger bench: installing {} from Debian", missing.join(" "));
+    eprintln!(
+        "outrigger bench: installing {} from Debian",
+        missing.join(" ")
+    );
     let root = nix::unistd::geteuid().is_root();
     let run = |args: &[&str]| -> anyhow::Result<()> {
-        let mut command = if root { Command::new(args[0]) } else { Command::new("sudo") };
+        let mut command = if root {
+            Command::new(args[0])
+        } else {
+            Command::new("sudo")
+        };
         if !root {
             command.arg(args[0]);
         }
-        let status = command.args(&args[1..]).env("DEBIAN_FRONTEND", "noninteractive").status()?;
+        let status = command
+            .args(&args[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
         if !status.success() {
             bail!("`{}` failed with {status}", args.join(" "));
         }
@@ -36,7 +46,12 @@ pub(crate) fn ensure_installed() -> anyhow::Result<()> {
     run(&["apt-get", "update", "-qq"])?;
     let mut install = vec!["apt-get", "install", "-y", "-qq"];
     install.extend(&missing);
-    run(&install).with_context(|| format!("installing {}; install them yourself or run without the peer scenarios", missing.join(" ")))?;
+    run(&install).with_context(|| {
+        format!(
+            "installing {}; install them yourself or run without the peer scenarios",
+            missing.join(" ")
+        )
+    })?;
     // Debian starts the packaged services; they are not ours and would compete for the CPU.
     for service in &missing {
         let _ = Command::new("service").arg(service).arg("stop").status();
@@ -45,7 +60,12 @@ pub(crate) fn ensure_installed() -> anyhow::Result<()> {
 }
 
 /// Writes an nginx config listening on `listen` and proxying to `upstream`; returns the path.
-pub(crate) fn nginx_config(dir: &Path, name: &str, listen: u16, upstream: u16) -> anyhow::Result<PathBuf> {
+pub(crate) fn nginx_config(
+    dir: &Path,
+    name: &str,
+    listen: u16,
+    upstream: u16,
+) -> anyhow::Result<PathBuf> {
     let prefix = dir.join(name);
     std::fs::create_dir_all(prefix.join("tmp"))?;
     let p = prefix.display();
@@ -86,7 +106,12 @@ http {{
 }
 
 /// Writes a haproxy config listening on `listen` and proxying to `upstream`; returns the path.
-pub(crate) fn haproxy_config(dir: &Path, name: &str, listen: u16, upstream: u16) -> anyhow::Result<PathBuf> {
+pub(crate) fn haproxy_config(
+    dir: &Path,
+    name: &str,
+    listen: u16,
+    upstream: u16,
+) -> anyhow::Result<PathBuf> {
     let config = format!(
         r#"global
     nbthread 1

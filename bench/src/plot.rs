@@ -37,10 +37,17 @@ pub fn write_all(summaries: &[Summary], dir: &Path) -> anyhow::Result<Vec<PathBu
         let point = LoadPoint::Rate { rps };
         let series: Vec<&Summary> = summaries.iter().filter(|s| s.point == point).collect();
         let path = dir.join(format!("latency-{rps:.0}rps.svg"));
-        latency_plot(&series, &format!("Latency by percentile at {rps:.0} req/s (open loop)"), &path)?;
+        latency_plot(
+            &series,
+            &format!("Latency by percentile at {rps:.0} req/s (open loop)"),
+            &path,
+        )?;
         written.push(path);
     }
-    let saturated: Vec<&Summary> = summaries.iter().filter(|s| s.point == LoadPoint::Saturation).collect();
+    let saturated: Vec<&Summary> = summaries
+        .iter()
+        .filter(|s| s.point == LoadPoint::Saturation)
+        .collect();
     if !saturated.is_empty() {
         let path = dir.join("saturation.svg");
         throughput_plot(&saturated, &path)?;
@@ -79,13 +86,23 @@ fn latency_plot(series: &[&Summary], title: &str, path: &Path) -> anyhow::Result
         .draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let points: Vec<(f64, f64)> = s.curve.iter().map(|(p, us)| (nines(*p), us / 1000.0)).collect();
+        let points: Vec<(f64, f64)> = s
+            .curve
+            .iter()
+            .map(|(p, us)| (nines(*p), us / 1000.0))
+            .collect();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(s.scenario.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -109,7 +126,9 @@ fn throughput_plot(series: &[&Summary], path: &Path) -> anyhow::Result<()> {
         .x_label_formatter(&|x| {
             let i = (x - 0.5).round();
             if (x - 0.5 - i).abs() < 0.01 && i >= 0.0 {
-                names.get(i as usize).map_or(String::new(), |n| n.to_string())
+                names
+                    .get(i as usize)
+                    .map_or(String::new(), |n| n.to_string())
             } else {
                 String::new()
             }
@@ -118,7 +137,10 @@ fn throughput_plot(series: &[&Summary], path: &Path) -> anyhow::Result<()> {
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let x = i as f64;
-        chart.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, s.throughput)], color.filled())))?;
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(x + 0.15, 0.0), (x + 0.85, s.throughput)],
+            color.filled(),
+        )))?;
     }
     root.present()?;
     Ok(())

@@ -18,8 +18,15 @@ pub(crate) struct Proc {
 impl Proc {
     /// Starts `program args…`, pinned to `cpu` when given (via `taskset`, so every thread the
     /// program creates inherits the pinning). Output goes to `log`.
-    pub(crate) fn spawn(name: &str, program: &Path, args: &[String], cpu: Option<usize>, log: &Path) -> anyhow::Result<Proc> {
-        let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    pub(crate) fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        cpu: Option<usize>,
+        log: &Path,
+    ) -> anyhow::Result<Proc> {
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = match cpu {
             Some(cpu) => {
                 let mut c = Command::new("taskset");
@@ -28,9 +35,18 @@ impl Proc {
             }
             None => Command::new(program),
         };
-        command.args(args).stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
-        let child = command.spawn().with_context(|| format!("starting {name} ({})", program.display()))?;
-        Ok(Proc { name: name.to_string(), child })
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+        })
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -59,7 +75,12 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Waits until `GET path` on `addr` answers 200 (with `headers`), or fails after `limit`.
-pub(crate) fn wait_http_ok(proc: &mut Proc, addr: SocketAddr, path: &str, limit: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_http_ok(
+    proc: &mut Proc,
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -71,37 +92,57 @@ pub(crate) fn wait_http_ok(proc: &mut Proc, addr: SocketAddr, path: &str, limit:
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{} did not answer 200 on http://{addr}{path} within {limit:?} (last: {last})", proc.name)
+    bail!(
+        "{} did not answer 200 on http://{addr}{path} within {limit:?} (last: {last})",
+        proc.name
+    )
 }
 
 fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head)?;
     let text = String::from_utf8_lossy(&head);
-    text.get(9..12).and_then(|s| s.parse().ok()).context("not an HTTP response")
+    text.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .context("not an HTTP response")
 }
 
 /// User + system CPU time of a process so far, in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     // Fields after the command name (which may contain spaces) start after the last ')'.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12th and 13th after ')'.
-    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
     ticks as f64 / clock_ticks_per_second()
 }
 
 fn clock_ticks_per_second() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map_or(100.0, |t| t as f64)
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
 }
 
 /// Current resident set size in bytes.
 pub(crate) fn rss_bytes(pid: u32) -> u64 {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return 0 };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))

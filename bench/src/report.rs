@@ -39,7 +39,10 @@ impl Summary {
 pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
     let mut groups: BTreeMap<(String, ScenarioName), Vec<&RunResult>> = BTreeMap::new();
     for r in results {
-        groups.entry((point_key(&r.point), r.scenario)).or_default().push(r);
+        groups
+            .entry((point_key(&r.point), r.scenario))
+            .or_default()
+            .push(r);
     }
     let mut out: Vec<Summary> = groups
         .into_values()
@@ -52,7 +55,10 @@ pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
                 point: runs[0].point.clone(),
                 repetitions: runs.len(),
                 requests: runs.iter().map(|r| r.report.requests).sum(),
-                errors: runs.iter().map(|r| r.report.errors.values().sum::<u64>()).sum(),
+                errors: runs
+                    .iter()
+                    .map(|r| r.report.errors.values().sum::<u64>())
+                    .sum(),
                 throughput: m(&|r| r.report.throughput),
                 p50_us: m(&|r| r.report.latency.p50_us),
                 p90_us: m(&|r| r.report.latency.p90_us),
@@ -65,7 +71,11 @@ pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
             }
         })
         .collect();
-    out.sort_by(|a, b| point_order(&a.point).total_cmp(&point_order(&b.point)).then(a.scenario.cmp(&b.scenario)));
+    out.sort_by(|a, b| {
+        point_order(&a.point)
+            .total_cmp(&point_order(&b.point))
+            .then(a.scenario.cmp(&b.scenario))
+    });
     out
 }
 
@@ -106,12 +116,21 @@ pub fn headline(summaries: &[Summary]) -> Headline {
             LoadPoint::Rate { rps } => Some(rps),
             LoadPoint::Saturation => None,
         })
-        .fold(None, |acc: Option<f64>, r| Some(acc.map_or(r, |a| a.min(r))));
-    let find = |name: ScenarioName, point: &LoadPoint| summaries.iter().find(|s| s.scenario == name && &s.point == point);
+        .fold(None, |acc: Option<f64>, r| {
+            Some(acc.map_or(r, |a| a.min(r)))
+        });
+    let find = |name: ScenarioName, point: &LoadPoint| {
+        summaries
+            .iter()
+            .find(|s| s.scenario == name && &s.point == point)
+    };
     if let Some(rps) = rate {
         h.rate_rps = Some(rps);
         let point = LoadPoint::Rate { rps };
-        if let (Some(direct), Some(ours)) = (find(ScenarioName::Direct, &point), find(ScenarioName::Outrigger2Hop, &point)) {
+        if let (Some(direct), Some(ours)) = (
+            find(ScenarioName::Direct, &point),
+            find(ScenarioName::Outrigger2Hop, &point),
+        ) {
             for (field, pick) in [("p50", 0), ("p99", 1)] {
                 let lat = |s: &Summary| if pick == 0 { s.p50_us } else { s.p99_us };
                 let ours_added = lat(ours) - lat(direct);
@@ -146,11 +165,18 @@ pub fn headline(summaries: &[Summary]) -> Headline {
         }
     }
     let sat = LoadPoint::Saturation;
-    if let Some(ours) = find(ScenarioName::Outrigger2Hop, &sat).and_then(Summary::requests_per_cpu_second) {
+    if let Some(ours) =
+        find(ScenarioName::Outrigger2Hop, &sat).and_then(Summary::requests_per_cpu_second)
+    {
         let best = [ScenarioName::Nginx2Hop, ScenarioName::Haproxy2Hop]
             .iter()
             .filter_map(|n| find(*n, &sat))
-            .filter_map(|s| Some((s.scenario.as_str().to_string(), s.requests_per_cpu_second()?)))
+            .filter_map(|s| {
+                Some((
+                    s.scenario.as_str().to_string(),
+                    s.requests_per_cpu_second()?,
+                ))
+            })
             .max_by(|a, b| a.1.total_cmp(&b.1));
         if let Some((peer, theirs)) = best {
             h.best_peer_cpu = Some(peer);
@@ -164,7 +190,9 @@ pub fn headline(summaries: &[Summary]) -> Headline {
 impl Headline {
     pub fn lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        let rate = self.rate_rps.map_or("-".to_string(), |r| format!("{r:.0} req/s"));
+        let rate = self
+            .rate_rps
+            .map_or("-".to_string(), |r| format!("{r:.0} req/s"));
         if let (Some((ours, theirs)), Some(peer)) = (self.added_p50_us, &self.best_peer_p50) {
             lines.push(format!(
                 "added latency p50 at {rate}: outrigger-2hop {ours:.0} µs vs {peer} {theirs:.0} µs → ratio {} (goal ≤ 0.5)",
@@ -177,21 +205,34 @@ impl Headline {
                 fmt_ratio(self.added_p99_ratio)
             ));
         }
-        if let (Some((ours, theirs)), Some(peer)) = (self.requests_per_cpu_second, &self.best_peer_cpu) {
+        if let (Some((ours, theirs)), Some(peer)) =
+            (self.requests_per_cpu_second, &self.best_peer_cpu)
+        {
             lines.push(format!(
                 "throughput per proxy CPU-second at saturation: outrigger-2hop {ours:.0} vs {peer} {theirs:.0} → ratio {} (goal ≥ 1.5)",
                 fmt_ratio(self.cpu_ratio)
             ));
         }
         if let Some(mb) = self.outrigger_rss_mb {
-            let peers: Vec<String> = self.peer_rss_mb.iter().map(|(n, m)| format!("{n} {m:.1} MB")).collect();
+            let peers: Vec<String> = self
+                .peer_rss_mb
+                .iter()
+                .map(|(n, m)| format!("{n} {m:.1} MB"))
+                .collect();
             lines.push(format!(
                 "peak RSS per proxy at {rate}: outrigger {mb:.1} MB (goal ≤ 15 MB); {}",
-                if peers.is_empty() { "no peers ran".to_string() } else { peers.join(", ") }
+                if peers.is_empty() {
+                    "no peers ran".to_string()
+                } else {
+                    peers.join(", ")
+                }
             ));
         }
         if lines.is_empty() {
-            lines.push("no headline: it needs direct, outrigger-2hop and a peer scenario at a fixed rate".to_string());
+            lines.push(
+                "no headline: it needs direct, outrigger-2hop and a peer scenario at a fixed rate"
+                    .to_string(),
+            );
         }
         lines
     }
@@ -203,7 +244,10 @@ fn fmt_ratio(ratio: Option<f64>) -> String {
 
 pub fn markdown(summaries: &[Summary], headline: &Headline, context: &str) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "# Outrigger benchmark report\n\n{context}\n\n## Headline\n");
+    let _ = writeln!(
+        md,
+        "# Outrigger benchmark report\n\n{context}\n\n## Headline\n"
+    );
     for line in headline.lines() {
         let _ = writeln!(md, "- {line}");
     }
@@ -211,13 +255,20 @@ pub fn markdown(summaries: &[Summary], headline: &Headline, context: &str) -> St
     for s in summaries {
         let label = s.point.label();
         if current.as_deref() != Some(label.as_str()) {
-            let mode = if s.point == LoadPoint::Saturation { "closed loop" } else { "open loop, latency from scheduled send time" };
+            let mode = if s.point == LoadPoint::Saturation {
+                "closed loop"
+            } else {
+                "open loop, latency from scheduled send time"
+            };
             let _ = writeln!(md, "\n## {label} ({mode})\n");
             let _ = writeln!(
                 md,
                 "| scenario | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors | proxy CPU s / 1000 req | peak proxy RSS MB | requests |"
             );
-            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(
+                md,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             current = Some(label);
         }
         let _ = writeln!(

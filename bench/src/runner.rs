@@ -69,13 +69,22 @@ impl RunResult {
     }
 }
 
-pub async fn run_all(scenarios: &[Scenario], settings: &Settings) -> anyhow::Result<Vec<RunResult>> {
+pub async fn run_all(
+    scenarios: &[Scenario],
+    settings: &Settings,
+) -> anyhow::Result<Vec<RunResult>> {
     let mut results = Vec::new();
-    let total_points = settings.rates.len() + usize::from(!settings.skip_saturation) + usize::from(settings.half_peer_saturation);
+    let total_points = settings.rates.len()
+        + usize::from(!settings.skip_saturation)
+        + usize::from(settings.half_peer_saturation);
     let total = total_points * settings.repetitions * scenarios.len();
     let mut done = 0;
 
-    let mut points: Vec<LoadPoint> = settings.rates.iter().map(|rps| LoadPoint::Rate { rps: *rps }).collect();
+    let mut points: Vec<LoadPoint> = settings
+        .rates
+        .iter()
+        .map(|rps| LoadPoint::Rate { rps: *rps })
+        .collect();
     if !settings.skip_saturation {
         points.insert(0, LoadPoint::Saturation);
     }
@@ -101,7 +110,9 @@ pub async fn run_all(scenarios: &[Scenario], settings: &Settings) -> anyhow::Res
         }
         if point == LoadPoint::Saturation && settings.half_peer_saturation {
             if let Some(rate) = half_of_best_peer(&results) {
-                points.push(LoadPoint::Rate { rps: rate.round().max(1.0) });
+                points.push(LoadPoint::Rate {
+                    rps: rate.round().max(1.0),
+                });
             }
         }
         index += 1;
@@ -114,19 +125,37 @@ pub async fn run_all(scenarios: &[Scenario], settings: &Settings) -> anyhow::Res
 fn half_of_best_peer(results: &[RunResult]) -> Option<f64> {
     let mut by_scenario: BTreeMap<ScenarioName, Vec<f64>> = BTreeMap::new();
     for r in results.iter().filter(|r| r.point == LoadPoint::Saturation) {
-        by_scenario.entry(r.scenario).or_default().push(r.report.throughput);
+        by_scenario
+            .entry(r.scenario)
+            .or_default()
+            .push(r.report.throughput);
     }
     let medians = |peers: bool| {
         by_scenario
             .iter()
-            .filter(|(name, _)| if peers { name.is_peer() } else { **name != ScenarioName::Direct })
+            .filter(|(name, _)| {
+                if peers {
+                    name.is_peer()
+                } else {
+                    **name != ScenarioName::Direct
+                }
+            })
             .map(|(_, v)| median(v.clone()))
-            .fold(None, |best: Option<f64>, m| Some(best.map_or(m, |b| b.max(m))))
+            .fold(None, |best: Option<f64>, m| {
+                Some(best.map_or(m, |b| b.max(m)))
+            })
     };
-    medians(true).or_else(|| medians(false)).map(|best| best / 2.0)
+    medians(true)
+        .or_else(|| medians(false))
+        .map(|best| best / 2.0)
 }
 
-async fn run_one(scenario: &Scenario, point: &LoadPoint, repetition: usize, settings: &Settings) -> anyhow::Result<RunResult> {
+async fn run_one(
+    scenario: &Scenario,
+    point: &LoadPoint,
+    repetition: usize,
+    settings: &Settings,
+) -> anyhow::Result<RunResult> {
     let mut spec = LoadSpec::get(scenario.url.clone());
     spec.protocol = Protocol::Http1;
     spec.connections = settings.connections;

@@ -96,19 +96,37 @@ impl Topology {
         let mut app = Proc::spawn(
             "upstream app",
             exe,
-            &["bench".into(), "--serve-upstream".into(), app_port.to_string(), "--body-bytes".into(), body_bytes.to_string()],
+            &[
+                "bench".into(),
+                "--serve-upstream".into(),
+                app_port.to_string(),
+                "--body-bytes".into(),
+                body_bytes.to_string(),
+            ],
             server_cpu,
             &log("upstream"),
         )?;
         wait_http_ok(&mut app, local(app_port), "/", READY_WITHIN)?;
         procs.push(app);
         if selected.contains(&ScenarioName::Direct) {
-            scenarios.push(Scenario { name: ScenarioName::Direct, url: format!("http://127.0.0.1:{app_port}/bench"), proxy_pids: vec![] });
+            scenarios.push(Scenario {
+                name: ScenarioName::Direct,
+                url: format!("http://127.0.0.1:{app_port}/bench"),
+                proxy_pids: vec![],
+            });
         }
 
-        if selected.contains(&ScenarioName::Outrigger1Hop) || selected.contains(&ScenarioName::Outrigger2Hop) {
+        if selected.contains(&ScenarioName::Outrigger1Hop)
+            || selected.contains(&ScenarioName::Outrigger2Hop)
+        {
             let b_mesh = free_port()?;
-            let mut b = Proc::spawn("outrigger b", exe, &sidecar_args("b", Some(app_port), b_mesh, None), server_cpu, &log("outrigger-b"))?;
+            let mut b = Proc::spawn(
+                "outrigger b",
+                exe,
+                &sidecar_args("b", Some(app_port), b_mesh, None),
+                server_cpu,
+                &log("outrigger-b"),
+            )?;
             wait_http_ok(&mut b, local(b_mesh), "/", READY_WITHIN)?;
             let b_pid = b.pid();
             procs.push(b);
@@ -136,7 +154,12 @@ impl Topology {
                     server_cpu,
                     &log("outrigger-a"),
                 )?;
-                wait_http_ok(&mut a, local(a_http), "/v1.0/invoke/b/method/bench", READY_WITHIN)?;
+                wait_http_ok(
+                    &mut a,
+                    local(a_http),
+                    "/v1.0/invoke/b/method/bench",
+                    READY_WITHIN,
+                )?;
                 scenarios.push(Scenario {
                     name: ScenarioName::Outrigger2Hop,
                     url: format!("http://127.0.0.1:{a_http}/v1.0/invoke/b/method/bench"),
@@ -146,7 +169,10 @@ impl Topology {
             }
         }
 
-        for (name, is_nginx) in [(ScenarioName::Nginx2Hop, true), (ScenarioName::Haproxy2Hop, false)] {
+        for (name, is_nginx) in [
+            (ScenarioName::Nginx2Hop, true),
+            (ScenarioName::Haproxy2Hop, false),
+        ] {
             if !selected.contains(&name) {
                 continue;
             }
@@ -156,28 +182,57 @@ impl Topology {
                 let label = format!("{}-{hop}", name.as_str());
                 let mut proc = if is_nginx {
                     let config = peers::nginx_config(dir, &label, listen, upstream)?;
-                    let args = vec!["-c".to_string(), config.display().to_string(), "-p".into(), dir.join(&label).display().to_string()];
-                    Proc::spawn(&label, Path::new(peers::NGINX), &args, server_cpu, &log(&label))?
+                    let args = vec![
+                        "-c".to_string(),
+                        config.display().to_string(),
+                        "-p".into(),
+                        dir.join(&label).display().to_string(),
+                    ];
+                    Proc::spawn(
+                        &label,
+                        Path::new(peers::NGINX),
+                        &args,
+                        server_cpu,
+                        &log(&label),
+                    )?
                 } else {
                     let config = peers::haproxy_config(dir, &label, listen, upstream)?;
                     let args = vec!["-f".to_string(), config.display().to_string(), "-db".into()];
-                    Proc::spawn(&label, Path::new(peers::HAPROXY), &args, server_cpu, &log(&label))?
+                    Proc::spawn(
+                        &label,
+                        Path::new(peers::HAPROXY),
+                        &args,
+                        server_cpu,
+                        &log(&label),
+                    )?
                 };
                 wait_http_ok(&mut proc, local(listen), "/", READY_WITHIN)?;
                 pids.push(proc.pid());
                 procs.push(proc);
             }
-            scenarios.push(Scenario { name, url: format!("http://127.0.0.1:{a_port}/bench"), proxy_pids: pids });
+            scenarios.push(Scenario {
+                name,
+                url: format!("http://127.0.0.1:{a_port}/bench"),
+                proxy_pids: pids,
+            });
         }
 
         scenarios.sort_by_key(|s| s.name);
-        Ok(Topology { scenarios, _procs: procs })
+        Ok(Topology {
+            scenarios,
+            _procs: procs,
+        })
     }
 }
 
 /// `outrigger sidecar` flags for a benchmark hop: one worker thread (like the peers' single
 /// worker), quiet logs, no discovery (static cluster instead).
-fn sidecar_args(app_id: &str, app_port: Option<u16>, mesh_port: u16, caller: Option<(u16, &Path)>) -> Vec<String> {
+fn sidecar_args(
+    app_id: &str,
+    app_port: Option<u16>,
+    mesh_port: u16,
+    caller: Option<(u16, &Path)>,
+) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "sidecar".into(),
         "--app-id".into(),

@@ -14,9 +14,12 @@ use hyper_util::server::conn::auto;
 
 /// Serves forever on 127.0.0.1:`port` with a `body_bytes` response body.
 pub fn serve(port: u16, body_bytes: usize) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        let listener =
+            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
         let body = Bytes::from(vec![b'x'; body_bytes]);
         loop {
             let (stream, _) = listener.accept().await?;
@@ -31,7 +34,9 @@ pub fn serve(port: u16, body_bytes: usize) -> anyhow::Result<()> {
                         Ok::<_, Infallible>(Response::new(Full::new(body)))
                     }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     })

@@ -12,6 +12,8 @@
 
 pub mod admin;
 mod balance;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod dapr_http;
 mod discovery;
 mod drain;

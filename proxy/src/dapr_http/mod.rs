@@ -6,7 +6,7 @@
 //! sidecar's mesh listener, streaming both bodies.
 
 mod metadata;
-mod target;
+pub(crate) mod target;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -140,22 +140,15 @@ impl ProxyHttp for DaprHttpApi {
         let Some(invocation) = &ctx.invoke else {
             return Ok(());
         };
-        request.set_uri(invocation.uri.clone());
-        request.remove_header("dapr-api-token");
-        request.remove_header("dapr-app-id");
-        if invocation.target.via_basic_auth {
-            request.remove_header("authorization");
-        }
         let options = &self.sidecar.options;
-        request.insert_header("dapr-caller-app-id", options.app_id.as_str())?;
-        request.insert_header("dapr-callee-app-id", invocation.target.app_id.as_str())?;
-        match &options.namespace {
-            Some(ns) => request.insert_header("dapr-caller-namespace", ns.as_str())?,
-            None => {
-                request.remove_header("dapr-caller-namespace");
-            }
-        }
-        Ok(())
+        rewrite_invoke_headers(
+            request,
+            &invocation.uri,
+            invocation.target.via_basic_auth,
+            &options.app_id,
+            &invocation.target.app_id,
+            options.namespace.as_deref(),
+        )
     }
 
     async fn fail_to_proxy(
@@ -335,6 +328,33 @@ async fn read_small_body(session: &mut Session, limit: usize) -> Result<String, 
     }
     String::from_utf8(body)
         .map_err(|_| ApiError::new(400, ERR_MALFORMED_REQUEST, "metadata value is not UTF-8"))
+}
+
+/// Turns the app's request into the one the target's sidecar receives: the method path as
+/// the URI, the local credentials and routing headers dropped, the caller and callee named.
+pub(crate) fn rewrite_invoke_headers(
+    request: &mut RequestHeader,
+    uri: &http::Uri,
+    via_basic_auth: bool,
+    caller: &str,
+    callee: &str,
+    caller_namespace: Option<&str>,
+) -> pingora::Result<()> {
+    request.set_uri(uri.clone());
+    request.remove_header("dapr-api-token");
+    request.remove_header("dapr-app-id");
+    if via_basic_auth {
+        request.remove_header("authorization");
+    }
+    request.insert_header("dapr-caller-app-id", caller)?;
+    request.insert_header("dapr-callee-app-id", callee)?;
+    match caller_namespace {
+        Some(ns) => request.insert_header("dapr-caller-namespace", ns)?,
+        None => {
+            request.remove_header("dapr-caller-namespace");
+        }
+    }
+    Ok(())
 }
 
 /// A short account of a proxy error for a user: the error kind and its root cause.
