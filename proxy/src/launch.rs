@@ -37,8 +37,16 @@ pub fn launch(
     snapshot: Snapshot,
     app_command: Vec<String>,
 ) -> Result<i32, LaunchError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.threads.max(1))
+    // One thread: a current-thread runtime, which skips the work-stealing scheduler's
+    // cross-thread bookkeeping (the benchmark runs sidecars this way, like one-worker peers).
+    let mut builder = if options.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(options.threads);
+        builder
+    };
+    let runtime = builder
         .thread_name("outrigger")
         .enable_all()
         .build()
