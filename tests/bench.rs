@@ -9,7 +9,13 @@ use std::process::Command;
 use serde_json::Value;
 use support::outrigger_bin;
 
-const SCENARIOS: [&str; 5] = ["direct", "outrigger-1hop", "outrigger-2hop", "nginx-2hop", "haproxy-2hop"];
+const SCENARIOS: [&str; 5] = [
+    "direct",
+    "outrigger-1hop",
+    "outrigger-2hop",
+    "nginx-2hop",
+    "haproxy-2hop",
+];
 
 #[test]
 fn a_tiny_bench_run_reports_every_scenario_with_nonzero_counts() {
@@ -17,36 +23,59 @@ fn a_tiny_bench_run_reports_every_scenario_with_nonzero_counts() {
     let output = Command::new(outrigger_bin())
         .args(["bench", "--out"])
         .arg(out.path())
-        .args(["--duration", "400ms", "--warmup", "100ms", "--repetitions", "1"])
+        .args([
+            "--duration",
+            "400ms",
+            "--warmup",
+            "100ms",
+            "--repetitions",
+            "1",
+        ])
         .args(["--rates", "200", "--connections", "2"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("added latency p50 at 200 req/s"), "{stdout}");
-    assert!(stdout.contains("throughput per proxy CPU-second at saturation"), "{stdout}");
+    assert!(
+        stdout.contains("added latency p50 at 200 req/s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("throughput per proxy CPU-second at saturation"),
+        "{stdout}"
+    );
 
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     for section in ["## saturation (closed loop)", "## 200 req/s (open loop"] {
         assert!(report.contains(section), "missing {section}:\n{report}");
     }
     for scenario in SCENARIOS {
-        assert!(report.contains(&format!("| {scenario} |")), "missing {scenario}:\n{report}");
+        assert!(
+            report.contains(&format!("| {scenario} |")),
+            "missing {scenario}:\n{report}"
+        );
     }
 
-    let results: Value = serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
     let summaries = results["summaries"].as_array().unwrap();
     // saturation, 200 req/s and half of the best peer's saturation rate, for every scenario
     assert_eq!(summaries.len(), 3 * SCENARIOS.len(), "{results:#}");
     for summary in summaries {
         let name = summary["scenario"].as_str().unwrap();
         assert!(SCENARIOS.contains(&name), "{name}");
-        assert!(summary["requests"].as_u64().unwrap() > 0, "no requests: {summary}");
+        assert!(
+            summary["requests"].as_u64().unwrap() > 0,
+            "no requests: {summary}"
+        );
         assert_eq!(summary["errors"].as_u64().unwrap(), 0, "errors: {summary}");
         assert!(summary["throughput"].as_f64().unwrap() > 0.0, "{summary}");
         if name != "direct" {
-            assert!(summary["peak_rss_bytes"].as_u64().unwrap() > 0, "no RSS sampled: {summary}");
+            assert!(
+                summary["peak_rss_bytes"].as_u64().unwrap() > 0,
+                "no RSS sampled: {summary}"
+            );
         }
     }
     for plot in ["latency-200rps.svg", "saturation.svg"] {

@@ -145,10 +145,20 @@ fn outcome(result: Result<hyper::Result<u16>, tokio::time::error::Elapsed>) -> O
 
 /// Open-loop send times of one connection: connection `i` of `n` at a total `rate` sends at
 /// `start + (k + i/n) * n/rate`, so the connections interleave evenly.
+///
+/// Latency counts from the scheduled time, so a request held back by a slow answer to the one
+/// before it (HTTP/1.1 sends one at a time) is charged the wait: the coordinated-omission
+/// correction. The generator's own delays are not charged: tokio's timer rounds every sleep up
+/// to the next millisecond, and a request sent 0.7 ms late for that reason (or stuck behind a
+/// predecessor that was) would show 0.7 ms the target never spent. So the schedule tracks when
+/// each request would have been sent by a punctual generator, and clocks it from its
+/// scheduled time plus the generator's share of the delay.
 struct Schedule {
     first: Instant,
     interval_secs: f64,
     next: u64,
+    /// When the previous request would have ended, had the generator been punctual.
+    free_on_time: Instant,
 }
 
 impl Schedule {
@@ -159,27 +169,40 @@ impl Schedule {
             first: window.start + Duration::from_secs_f64(offset),
             interval_secs,
             next: 0,
+            free_on_time: window.start,
         }
     }
 
     /// The next send time; computed from `first` each time so rounding never accumulates.
-    fn next(&mut self) -> Instant {
-        let at = self.first + Duration::from_secs_f64(self.next as f64 * self.interval_secs);
+    fn next_due(&mut self) -> Instant {
+        let due = self.first + Duration::from_secs_f64(self.next as f64 * self.interval_secs);
         self.next += 1;
-        at
+        due
+    }
+
+    /// Waits for send time `due` (not at all if it has passed) and starts the request's clock.
+    async fn wait(&self, due: Instant) -> Slot {
+        if Instant::now() < due {
+            sleep_until(due).await;
+        }
+        let punctual = due.max(self.free_on_time);
+        let generator_delay = Instant::now().saturating_duration_since(punctual);
+        Slot {
+            due,
+            clock: due + generator_delay,
+        }
+    }
+
+    /// Notes that the request of `slot` ended at `done`, for the next [`Schedule::wait`].
+    fn finished(&mut self, slot: Slot, done: Instant) {
+        self.free_on_time = done - (slot.clock - slot.due);
     }
 }
 
 // === impl Slot ===
 
-/// When a request was due, and where its latency clock starts.
-///
-/// Closed loop: both are the moment it is sent. Open loop: a request held back past its time
-/// by the one before it on the same HTTP/1.1 connection, or by a generator running behind,
-/// is clocked from its scheduled time, so a stalled target shows in the latency instead of
-/// thinning the load (the coordinated-omission correction). A request whose connection was
-/// idle is clocked from when the timer woke it: tokio's timer rounds up to the next
-/// millisecond, and charging that to the target would add up to 1 ms to every latency.
+/// When a request was due, and where its latency clock starts: in closed loop both are the
+/// moment it is sent; in open loop see [`Schedule`].
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     due: Instant,
@@ -192,18 +215,6 @@ impl Slot {
         Slot {
             due: now,
             clock: now,
-        }
-    }
-
-    /// Waits for open-loop send time `due`.
-    async fn wait(due: Instant) -> Slot {
-        if Instant::now() >= due {
-            return Slot { due, clock: due };
-        }
-        sleep_until(due).await;
-        Slot {
-            due,
-            clock: Instant::now(),
         }
     }
 }
@@ -239,17 +250,17 @@ pub(crate) async fn drive(plan: Arc<Plan>, index: usize, link: Option<Link>) -> 
 impl Connection {
     /// One exchange at a time: HTTP/1.1 always, HTTP/2 in closed loop. In open loop a request
     /// whose time passed while the previous one was still out goes at once, and its latency
-    /// still counts from its scheduled time.
+    /// still counts from its scheduled time (see [`Schedule`]).
     async fn sequential(&mut self, mut schedule: Option<Schedule>) {
         let end = self.plan.window.end;
         loop {
             let slot = match &mut schedule {
                 Some(schedule) => {
-                    let due = schedule.next();
+                    let due = schedule.next_due();
                     if due >= end {
                         break;
                     }
-                    Slot::wait(due).await
+                    schedule.wait(due).await
                 }
                 None => Slot::now(),
             };
@@ -257,7 +268,11 @@ impl Connection {
                 break;
             }
             let outcome = self.exchange().await;
-            self.record(slot, Instant::now(), outcome);
+            let done = Instant::now();
+            self.record(slot, done, outcome);
+            if let Some(schedule) = &mut schedule {
+                schedule.finished(slot, done);
+            }
             if schedule.is_none() && outcome == Outcome::Failed(ErrorKind::Connect) {
                 sleep_until((Instant::now() + REDIAL_PAUSE).min(end)).await;
             }
@@ -270,11 +285,13 @@ impl Connection {
         let end = self.plan.window.end;
         let mut in_flight: JoinSet<(Slot, Outcome, Instant)> = JoinSet::new();
         loop {
-            let due = schedule.next();
+            let due = schedule.next_due();
             if due >= end {
                 break;
             }
-            let slot = Slot::wait(due);
+            // Streams never wait for one another, so `free_on_time` stays at the start and any
+            // lateness here is the generator's own.
+            let slot = schedule.wait(due);
             tokio::pin!(slot);
             let slot = loop {
                 tokio::select! {
@@ -354,5 +371,67 @@ impl Connection {
             self.tally
                 .record(outcome, done.saturating_duration_since(slot.clock));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// One connection at 100 requests/second: due every 10 ms from now.
+    fn schedule() -> (Instant, Schedule) {
+        let start = Instant::now();
+        let window = Window::new(start, Duration::ZERO, Duration::from_secs(1));
+        (start, Schedule::new(&window, 100.0, 0, 1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_interleave_evenly_over_the_interval() {
+        let start = Instant::now();
+        let window = Window::new(start, Duration::ZERO, Duration::from_secs(1));
+        let mut second = Schedule::new(&window, 200.0, 1, 2);
+        assert_eq!(second.next_due(), start + 5 * MS);
+        assert_eq!(second.next_due(), start + 15 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_held_back_by_a_slow_answer_is_clocked_from_its_scheduled_time() {
+        let (start, mut schedule) = schedule();
+        let due = schedule.next_due();
+        let first = schedule.wait(due).await;
+        tokio::time::advance(25 * MS).await;
+        schedule.finished(first, Instant::now());
+        let due = schedule.next_due();
+        let second = schedule.wait(due).await;
+        assert_eq!(second.due, start + 10 * MS);
+        assert_eq!(second.clock, start + 10 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_sent_late_by_the_generator_is_clocked_from_its_send() {
+        let (start, mut schedule) = schedule();
+        let due = schedule.next_due();
+        tokio::time::advance(2 * MS).await;
+        let slot = schedule.wait(due).await;
+        assert_eq!(slot.due, start);
+        assert_eq!(slot.clock, start + 2 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delay_inherited_from_a_late_predecessor_is_not_charged() {
+        let (start, mut schedule) = schedule();
+        let due = schedule.next_due();
+        tokio::time::advance(2 * MS).await;
+        let first = schedule.wait(due).await;
+        // Answered 11 ms after its (late) send, 1 ms past the next due time; sent on time it
+        // would have ended at 11 ms, so the next request would have waited 1 ms for it.
+        tokio::time::advance(11 * MS).await;
+        schedule.finished(first, Instant::now());
+        let due = schedule.next_due();
+        let second = schedule.wait(due).await;
+        assert_eq!(second.due, start + 10 * MS);
+        assert_eq!(second.clock, start + 12 * MS);
     }
 }

@@ -32,8 +32,8 @@ pub enum Mode {
     /// open loop: `rate` requests/second in total, spread evenly over the connections; latency is
     /// measured from each request's *scheduled* send time (wrk2-style coordinated-omission correction)
     ///
-    /// One refinement: a request whose connection was idle at its time is clocked from when the
-    /// timer woke it, not charged the up to 1 ms by which tokio's timer rounds up.
+    /// Delays that are the generator's own (tokio's timer rounds sleeps up to the next
+    /// millisecond) are taken off, so the latency is what the target made the request wait.
     OpenLoop { rate: f64 },
     /// closed loop: every connection sends its next request as soon as the previous answer is read
     ClosedLoop,
