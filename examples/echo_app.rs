@@ -37,6 +37,7 @@ async fn main() {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(req, name));
             let _ = auto::Builder::new(TokioExecutor::new())
