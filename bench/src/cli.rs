@@ -97,7 +97,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     // The load generator gets core 0, every server core 1: they then compete only with their
     // own kind, which keeps runs comparable on a small shared machine.
-    let pin = !args.no_pin && cpu_count() >= 2;
+    let cpus = cpu_count(); // before pinning, which narrows what this process sees
+    let pin = !args.no_pin && cpus >= 2;
     let server_cpu = pin.then_some(1);
     if pin {
         pin_current_thread(0);
@@ -127,7 +128,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let summaries = report::summarise(&results);
     let headline = report::headline(&summaries);
-    let context = context_text(&args, pin);
+    let context = context_text(&args, pin, cpus);
     std::fs::write(
         out.join("report.md"),
         report::markdown(&summaries, &headline, &context),
@@ -149,7 +150,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn context_text(args: &BenchArgs, pinned: bool) -> String {
+fn context_text(args: &BenchArgs, pinned: bool, cpus: usize) -> String {
     let command: Vec<String> = std::env::args().collect();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -164,7 +165,7 @@ fn context_text(args: &BenchArgs, pinned: bool) -> String {
         "- date: {}\n- command: `{}`\n- machine: {} CPUs ({cpu}), Linux {}\n- settings: {} connections, HTTP/1.1 client, {:?} measured + {:?} warm-up per run, {} repetitions, {}-byte responses\n- pinning: {}",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         command.join(" "),
-        cpu_count(),
+        cpus,
         kernel.trim(),
         args.connections,
         args.duration,

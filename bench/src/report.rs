@@ -290,8 +290,9 @@ pub fn markdown(summaries: &[Summary], headline: &Headline, context: &str) -> St
     let _ = writeln!(
         md,
         "\nMedians over the repetitions; `requests` and `errors` are totals. Proxy CPU and RSS cover the\n\
-         proxies on the scenario's path only (none for `direct`). Plots: `latency.svg` (latency by\n\
-         percentile at each fixed rate), `saturation.svg` (throughput at saturation). Raw runs: `results.json`."
+         proxies on the scenario's path only (none for `direct`). Plots: `latency-<rate>rps.svg`\n\
+         (latency by percentile at each fixed rate), `saturation.svg` (throughput at saturation).\n\
+         Raw runs: `results.json`."
     );
     md
 }
