@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::proxy::{FailToProxy, Session};
+use pingora::{Error, ErrorSource, ErrorType};
 
 pub(crate) const ERR_DIRECT_INVOKE: &str = "ERR_DIRECT_INVOKE";
 pub(crate) const ERR_MALFORMED_REQUEST: &str = "ERR_MALFORMED_REQUEST";
@@ -81,4 +82,53 @@ pub(crate) async fn send_json(session: &mut Session, body: Bytes) -> pingora::Re
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// The answer to a request pingora could not proxy, shared by every listener: nothing once the
+/// response has started (the connection is cut), 400 and close for a malformed request,
+/// nothing for a client that went away, and `upstream` for everything else.
+pub(crate) async fn fail_to_proxy(
+    session: &mut Session,
+    e: &Error,
+    upstream: impl FnOnce() -> ApiError,
+) -> FailToProxy {
+    let error = if session.response_written().is_some() {
+        None
+    } else if e.esource() == &ErrorSource::Downstream {
+        match e.etype() {
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
+            _ => Some(
+                ApiError::new(
+                    400,
+                    ERR_MALFORMED_REQUEST,
+                    format!("malformed request: {e}"),
+                )
+                .closing(),
+            ),
+        }
+    } else {
+        Some(upstream())
+    };
+    let code = match error {
+        Some(error) => {
+            if let Err(write) = error.send(session).await {
+                tracing::debug!(error = %write, "could not send the error response");
+            }
+            error.status
+        }
+        None => 0,
+    };
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}
+
+/// A short account of a proxy error for a user: the error kind and its root cause.
+pub(crate) fn describe(e: &Error) -> String {
+    match (&e.cause, &e.context) {
+        (Some(cause), _) => format!("{} ({cause})", e.etype().as_str()),
+        (None, Some(context)) => format!("{} ({context})", e.etype().as_str()),
+        (None, None) => e.etype().as_str().to_string(),
+    }
 }

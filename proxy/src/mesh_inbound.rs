@@ -10,9 +10,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::dapr_http::describe;
 use crate::drain::InFlight;
-use crate::errors::{ApiError, ERR_DIRECT_INVOKE, ERR_MALFORMED_REQUEST};
+use crate::errors::{self, describe, ApiError, ERR_DIRECT_INVOKE};
 use crate::metrics::Direction;
 use crate::sidecar::Sidecar;
 use crate::{header_guard, transport};
@@ -114,44 +113,18 @@ impl ProxyHttp for MeshInbound {
         _ctx: &mut InboundCtx,
     ) -> FailToProxy {
         let options = &self.sidecar.options;
-        let error = if session.response_written().is_some() {
-            None
-        } else if e.esource() == &ErrorSource::Downstream {
-            match e.etype() {
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
-                _ => Some(
-                    ApiError::new(
-                        400,
-                        ERR_MALFORMED_REQUEST,
-                        format!("malformed request: {e}"),
-                    )
-                    .closing(),
-                ),
-            }
-        } else {
+        errors::fail_to_proxy(session, e, || {
             let port = options.app_port.unwrap_or_default();
-            Some(ApiError::invoke(
-                &options.app_id,
+            let app = &options.app_id;
+            ApiError::invoke(
+                app,
                 format!(
-                    "app {} is not reachable at 127.0.0.1:{port}: {}",
-                    options.app_id,
+                    "app {app} is not reachable at 127.0.0.1:{port}: {}",
                     describe(e)
                 ),
-            ))
-        };
-        let code = match error {
-            Some(error) => {
-                if let Err(write) = error.send(session).await {
-                    tracing::debug!(error = %write, "could not send the error response");
-                }
-                error.status
-            }
-            None => 0,
-        };
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+            )
+        })
+        .await
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, error: &Error) -> bool {

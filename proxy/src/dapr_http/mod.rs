@@ -19,7 +19,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::drain::InFlight;
-use crate::errors::{self, ApiError, ERR_DIRECT_INVOKE, ERR_MALFORMED_REQUEST, ERR_UNAUTHORIZED};
+use crate::errors::{
+    self, describe, ApiError, ERR_DIRECT_INVOKE, ERR_MALFORMED_REQUEST, ERR_UNAUTHORIZED,
+};
 use crate::metrics::Direction;
 use crate::sidecar::Sidecar;
 use crate::{balance::EndpointSet, header_guard, transport};
@@ -157,42 +159,14 @@ impl ProxyHttp for DaprHttpApi {
         e: &Error,
         ctx: &mut ApiCtx,
     ) -> FailToProxy {
-        let error = if session.response_written().is_some() {
-            None // the response is already under way; all we can do is cut it
-        } else if e.esource() == &ErrorSource::Downstream {
-            match e.etype() {
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
-                _ => Some(
-                    ApiError::new(
-                        400,
-                        ERR_MALFORMED_REQUEST,
-                        format!("malformed request: {e}"),
-                    )
-                    .closing(),
-                ),
+        errors::fail_to_proxy(session, e, || match &ctx.invoke {
+            Some(invocation) => {
+                let at = invocation.address.as_deref().unwrap_or("no endpoint");
+                ApiError::invoke(&invocation.target.app_id, format!("{at}: {}", describe(e)))
             }
-        } else if let Some(invocation) = &ctx.invoke {
-            let at = invocation.address.as_deref().unwrap_or("no endpoint");
-            Some(ApiError::invoke(
-                &invocation.target.app_id,
-                format!("{at}: {}", describe(e)),
-            ))
-        } else {
-            Some(ApiError::new(500, "ERR_INTERNAL", e.to_string()))
-        };
-        let code = match error {
-            Some(error) => {
-                if let Err(write) = error.send(session).await {
-                    tracing::debug!(error = %write, "could not send the error response");
-                }
-                error.status
-            }
-            None => 0,
-        };
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+            None => ApiError::new(500, "ERR_INTERNAL", e.to_string()),
+        })
+        .await
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &ApiCtx, error: &Error) -> bool {
@@ -355,17 +329,6 @@ pub(crate) fn rewrite_invoke_headers(
         }
     }
     Ok(())
-}
-
-/// A short account of a proxy error for a user: the error kind and its root cause.
-pub(crate) fn describe(e: &Error) -> String {
-    match &e.cause {
-        Some(cause) => format!("{} ({cause})", e.etype().as_str()),
-        None => match &e.context {
-            Some(context) => format!("{} ({context})", e.etype().as_str()),
-            None => e.etype().as_str().to_string(),
-        },
-    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
