@@ -12,10 +12,10 @@ pub mod duration;
 mod error;
 mod loader;
 pub mod mesh;
+mod route;
 mod snapshot;
 
 pub use error::LoadError;
 pub use loader::{load_dir, load_str};
-pub use snapshot::{
-    Cluster, Endpoint, LoadBalancer, Policies, Route, Snapshot, SnapshotError, WeightedCluster,
-};
+pub use route::{HeaderMatch, HeaderRewrite, Route, RouteMatch, RouteRule, WeightedCluster};
+pub use snapshot::{Cluster, Endpoint, LoadBalancer, Policies, Snapshot, SnapshotError};

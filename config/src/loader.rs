@@ -15,7 +15,8 @@ use serde::Deserialize;
 use crate::dapr::{Component, Configuration, Resiliency, Subscription};
 use crate::error::LoadError;
 use crate::mesh::{self, ClusterResource, RouteResource};
-use crate::snapshot::{Cluster, Endpoint, Route, Snapshot, SnapshotError, WeightedCluster};
+use crate::route::{Route, RouteRule};
+use crate::snapshot::{Cluster, Endpoint, Snapshot, SnapshotError};
 
 const DAPR_V1ALPHA1: &str = "dapr.io/v1alpha1";
 const DAPR_V2ALPHA1: &str = "dapr.io/v2alpha1";
@@ -81,9 +82,7 @@ fn load_sources(sources: &[(PathBuf, String)]) -> Result<Snapshot, LoadError> {
     let Builder { snapshot, origins } = builder;
     snapshot.validate().map_err(|e| {
         let key = match &e {
-            SnapshotError::UnknownCluster { route, .. } | SnapshotError::NoWeight { route } => {
-                ("Route", route.clone())
-            }
+            SnapshotError::InvalidRoute { route, .. } => ("Route", route.clone()),
             SnapshotError::EmptyCluster { cluster } => ("Cluster", cluster.clone()),
             SnapshotError::UnknownPolicy { resiliency, .. } => ("Resiliency", resiliency.clone()),
         };
@@ -221,18 +220,19 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
                     )
                     .at(origin.line, 1));
                 }
+                let mut rules = resource.spec.rules;
+                if !resource.spec.backends.is_empty() {
+                    rules.push(RouteRule {
+                        matches: Default::default(),
+                        backends: resource.spec.backends,
+                        timeout: None,
+                        request_headers: Default::default(),
+                    });
+                }
                 let route = Route {
                     name,
                     app: app.clone(),
-                    backends: resource
-                        .spec
-                        .backends
-                        .into_iter()
-                        .map(|b| WeightedCluster {
-                            cluster: b.cluster,
-                            weight: b.weight,
-                        })
-                        .collect(),
+                    rules,
                 };
                 builder.snapshot.routes.insert(app, route);
             }

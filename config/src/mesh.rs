@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::dapr::ObjectMeta;
+use crate::route::{RouteRule, WeightedCluster};
 use crate::snapshot::LoadBalancer;
 
 pub const API_VERSION: &str = "outrigger.dev/v1alpha1";
@@ -58,15 +59,12 @@ pub struct RouteResource {
 pub struct RouteSpec {
     /// The target app id whose calls this route carries.
     pub app: String,
-    pub backends: Vec<BackendSpec>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BackendSpec {
-    pub cluster: String,
-    #[serde(default = "default_weight")]
-    pub weight: u32,
+    /// Tried in order; the first that matches decides.
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+    /// Shorthand for one catch-all rule with these backends (after any `rules`).
+    #[serde(default)]
+    pub backends: Vec<WeightedCluster>,
 }
 
 /// `host:port`, checked when it is read so the error carries the YAML position.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dapr::{Component, Configuration, Resiliency, Subscription};
 use crate::mesh::HostPort;
+use crate::route::Route;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Snapshot {
@@ -51,20 +52,6 @@ pub enum LoadBalancer {
     RoundRobin,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    pub name: String,
-    /// The target app id this route carries.
-    pub app: String,
-    pub backends: Vec<WeightedCluster>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WeightedCluster {
-    pub cluster: String,
-    pub weight: u32,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Policies {
     /// Dapr `Resiliency` resources, by name.
@@ -74,16 +61,8 @@ pub struct Policies {
 /// A snapshot that is internally inconsistent. Names the resource and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("route {route:?}: backends[{index}].cluster: unknown cluster {cluster:?}")]
-    UnknownCluster {
-        route: String,
-        index: usize,
-        cluster: String,
-    },
-    #[error(
-        "route {route:?}: backends: every weight is 0; at least one backend must carry traffic"
-    )]
-    NoWeight { route: String },
+    #[error("route {route:?}: {detail}")]
+    InvalidRoute { route: String, detail: String },
     #[error("cluster {cluster:?}: endpoints: a cluster needs at least one endpoint")]
     EmptyCluster { cluster: String },
     #[error("resiliency {resiliency:?}: targets.apps.{app}.{field}: unknown policy {policy:?}")]
@@ -106,20 +85,12 @@ impl Snapshot {
             }
         }
         for route in self.routes.values() {
-            for (index, backend) in route.backends.iter().enumerate() {
-                if !self.clusters.contains_key(&backend.cluster) {
-                    return Err(SnapshotError::UnknownCluster {
-                        route: route.name.clone(),
-                        index,
-                        cluster: backend.cluster.clone(),
-                    });
-                }
-            }
-            if route.backends.iter().all(|b| b.weight == 0) {
-                return Err(SnapshotError::NoWeight {
+            route
+                .check(|cluster| self.clusters.contains_key(cluster))
+                .map_err(|detail| SnapshotError::InvalidRoute {
                     route: route.name.clone(),
-                });
-            }
+                    detail,
+                })?;
         }
         for (name, res) in &self.policies.resiliency {
             let policies = &res.spec.policies;

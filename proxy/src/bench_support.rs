@@ -64,8 +64,14 @@ pub fn rewrite_invoke_headers(
 /// Resolves `app_id` to its endpoints through the active snapshot, as an invocation does;
 /// the number of endpoints, or `None` when nothing serves the app id.
 pub async fn endpoints_for(sidecar: &Sidecar, app_id: &str) -> Option<usize> {
+    let headers = http::HeaderMap::new();
+    let request = crate::routing::RequestView {
+        method: &http::Method::GET,
+        path: "/api/v1/items",
+        headers: &headers,
+    };
     sidecar
-        .endpoints_for(app_id, None)
+        .resolve(app_id, None, &request)
         .await
-        .map(|set| set.targets.len())
+        .map(|resolved| resolved.endpoints.targets.len())
 }

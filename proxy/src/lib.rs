@@ -23,6 +23,7 @@ mod launch;
 pub mod mesh_inbound;
 mod metrics;
 mod options;
+mod routing;
 mod sidecar;
 mod transport;
 

@@ -22,6 +22,7 @@ use crate::drain::Drain;
 use crate::mesh_inbound::MeshInbound;
 use crate::metrics::Metrics;
 use crate::options::SidecarOptions;
+use crate::routing::{CompiledRoute, CompiledRule, RequestView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -43,6 +44,15 @@ pub(crate) struct ActiveConfig {
     pub(crate) snapshot: Arc<Snapshot>,
     /// One endpoint set per snapshot cluster, by cluster name.
     clusters: HashMap<String, Arc<EndpointSet>>,
+    /// The compiled route of each target app id that has one.
+    routes: HashMap<String, CompiledRoute>,
+}
+
+/// Where one invocation goes: the endpoints, and the route rule that chose them (for its
+/// timeout and header rewrite), if a route did.
+pub(crate) struct Resolved {
+    pub(crate) endpoints: Arc<EndpointSet>,
+    pub(crate) rule: Option<Arc<CompiledRule>>,
 }
 
 /// Everything the listeners share.
@@ -108,33 +118,38 @@ impl Sidecar {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// The endpoints for a target app id: its route's clusters (split by weight), else the
-    /// cluster of the same name, else the instances found in the local registry.
-    pub(crate) async fn endpoints_for(
+    /// Where a call to `app_id` goes: the first matching rule of its route (split by weight),
+    /// else the cluster of the same name, else the instances found in the local registry.
+    pub(crate) async fn resolve(
         &self,
         app_id: &str,
         namespace: Option<&str>,
-    ) -> Option<Arc<EndpointSet>> {
+        request: &RequestView<'_>,
+    ) -> Option<Resolved> {
         {
             let active = self.active();
-            if let Some(route) = active.snapshot.routes.get(app_id) {
-                let total: u64 = route.backends.iter().map(|b| u64::from(b.weight)).sum();
-                let mut roll = fastrand::u64(0..total.max(1));
-                for backend in &route.backends {
-                    if roll < u64::from(backend.weight) {
-                        return active.clusters.get(&backend.cluster).cloned();
-                    }
-                    roll -= u64::from(backend.weight);
-                }
+            if let Some(rule) = active.routes.get(app_id).and_then(|r| r.select(request)) {
+                return Some(Resolved {
+                    endpoints: rule.pick_backend(),
+                    rule: Some(rule.clone()),
+                });
             }
             if let Some(set) = active.clusters.get(app_id) {
-                return Some(set.clone());
+                return Some(Resolved {
+                    endpoints: set.clone(),
+                    rule: None,
+                });
             }
         }
-        match &self.registry {
-            Some(registry) => registry.lookup_or_refresh(app_id, namespace).await,
-            None => None,
-        }
+        let endpoints = self
+            .registry
+            .as_ref()?
+            .lookup_or_refresh(app_id, namespace)
+            .await?;
+        Some(Resolved {
+            endpoints,
+            rule: None,
+        })
     }
 }
 
@@ -159,7 +174,16 @@ fn build_active(snapshot: Arc<Snapshot>, previous: Option<&ActiveConfig>) -> Act
             (cluster.name.clone(), set)
         })
         .collect();
-    ActiveConfig { snapshot, clusters }
+    let routes = snapshot
+        .routes
+        .iter()
+        .map(|(app, route)| (app.clone(), CompiledRoute::compile(route, &clusters)))
+        .collect();
+    ActiveConfig {
+        snapshot,
+        clusters,
+        routes,
+    }
 }
 
 /// The three listening sockets, bound before anything else starts so that a port conflict is

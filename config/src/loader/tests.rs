@@ -258,7 +258,10 @@ fn mesh_cluster_and_route_load_into_the_snapshot() {
     let cluster = &snapshot.clusters["orders-v1"];
     assert_eq!(cluster.endpoints.len(), 2);
     assert_eq!(cluster.endpoints[1].weight, 2);
-    assert_eq!(snapshot.routes["orders"].backends[0].cluster, "orders-v1");
+    assert_eq!(
+        snapshot.routes["orders"].rules[0].backends[0].cluster,
+        "orders-v1"
+    );
 }
 
 #[test]
@@ -268,7 +271,7 @@ fn route_to_unknown_cluster_names_the_route_field_and_cluster() {
     assert_eq!(err.line, Some(11), "{err}");
     assert_eq!(
         err.message,
-        "route \"orders\": backends[0].cluster: unknown cluster \"orders-v9\""
+        "route \"orders\": rules[0].backends[0].cluster: unknown cluster \"orders-v9\""
     );
 }
 
@@ -314,4 +317,98 @@ fn version_changes_when_content_changes() {
     let b = load_str("x.yaml", &REDIS.replace("localhost", "redis")).unwrap();
     assert_ne!(a.version, b.version);
     assert_eq!(a.version, load_str("x.yaml", REDIS).unwrap().version);
+}
+
+const RULES: &str = "\
+apiVersion: outrigger.dev/v1alpha1
+kind: Cluster
+metadata: {name: b-v1}
+spec: {endpoints: [{address: 127.0.0.1:15010}]}
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: Cluster
+metadata: {name: b-v2}
+spec: {endpoints: [{address: 127.0.0.1:15011}]}
+---
+apiVersion: outrigger.dev/v1alpha1
+kind: Route
+metadata:
+  name: b
+spec:
+  app: b
+  rules:
+  - match:
+      pathPrefix: /v2/
+      method: POST
+      headers:
+      - name: x-canary
+        regex: \"true|yes\"
+    backends:
+    - cluster: b-v2
+    timeout: 2s
+    requestHeaders:
+      add: {x-route: canary}
+      remove: [x-debug]
+  backends:
+  - cluster: b-v1
+    weight: 90
+  - cluster: b-v2
+    weight: 10
+";
+
+#[test]
+fn route_rules_load_in_order_with_the_shorthand_backends_last() {
+    let snapshot = load_str("routes.yaml", RULES).unwrap();
+    let route = &snapshot.routes["b"];
+    assert_eq!(route.rules.len(), 2);
+    let first = &route.rules[0];
+    assert_eq!(first.matches.path_prefix.as_deref(), Some("/v2/"));
+    assert_eq!(first.matches.method.as_deref(), Some("POST"));
+    assert_eq!(first.matches.headers[0].regex.as_deref(), Some("true|yes"));
+    assert_eq!(first.timeout, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(first.request_headers.add["x-route"], "canary");
+    assert_eq!(first.request_headers.remove, vec!["x-debug".to_string()]);
+    assert!(route.rules[1].matches.is_empty());
+    assert_eq!(route.rules[1].backends[1].weight, 10);
+}
+
+#[test]
+fn a_bad_header_regex_names_the_route_and_field() {
+    let err = load_str("routes.yaml", &RULES.replace("true|yes", "(unclosed")).unwrap_err();
+    assert_eq!(err.line, Some(11), "{err}");
+    assert!(
+        err.message.starts_with(
+            "route \"b\": rules[0].match.headers[0].regex: invalid regex \"(unclosed\""
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn path_and_prefix_together_or_without_a_slash_are_refused() {
+    let both = RULES.replace(
+        "      pathPrefix: /v2/",
+        "      pathPrefix: /v2/\n      path: /v2/x",
+    );
+    let err = load_str("routes.yaml", &both).unwrap_err();
+    assert!(
+        err.message
+            .contains("rules[0].match: give path or pathPrefix, not both"),
+        "{err}"
+    );
+    let slashless = RULES.replace("pathPrefix: /v2/", "pathPrefix: v2");
+    let err = load_str("routes.yaml", &slashless).unwrap_err();
+    assert!(
+        err.message
+            .contains("rules[0].match.pathPrefix: must start with '/'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_rule_field_is_refused_with_its_position() {
+    let typo = RULES.replace("    timeout: 2s", "    timout: 2s");
+    let err = load_str("routes.yaml", &typo).unwrap_err();
+    assert!(err.message.contains("unknown field `timout`"), "{err}");
+    assert!(err.line.is_some(), "{err}");
 }

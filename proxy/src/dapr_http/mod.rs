@@ -23,6 +23,7 @@ use crate::errors::{
     self, describe, ApiError, ERR_DIRECT_INVOKE, ERR_MALFORMED_REQUEST, ERR_UNAUTHORIZED,
 };
 use crate::metrics::Direction;
+use crate::routing::{CompiledRule, RequestView};
 use crate::sidecar::Sidecar;
 use crate::{balance::EndpointSet, header_guard, transport};
 use target::{classify, is_health_path, ApiRoute, InvokeTarget};
@@ -50,6 +51,8 @@ struct Invocation {
     target: InvokeTarget,
     uri: http::Uri,
     endpoints: Arc<EndpointSet>,
+    /// The route rule that chose the endpoints, for its timeout and header rewrite.
+    rule: Option<Arc<CompiledRule>>,
     /// The endpoint of the latest attempt, for error messages.
     address: Option<String>,
 }
@@ -114,7 +117,11 @@ impl ProxyHttp for DaprHttpApi {
                 e,
             )
         })?;
-        Ok(Box::new(transport::mesh_peer(addr)))
+        let mut peer = transport::mesh_peer(addr);
+        if let Some(timeout) = invocation.rule.as_ref().and_then(|r| r.timeout) {
+            peer.options.read_timeout = Some(timeout);
+        }
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -150,7 +157,16 @@ impl ProxyHttp for DaprHttpApi {
             &options.app_id,
             &invocation.target.app_id,
             options.namespace.as_deref(),
-        )
+        )?;
+        if let Some(rule) = &invocation.rule {
+            for name in &rule.rewrite.remove {
+                request.remove_header(name.as_str());
+            }
+            for (name, value) in &rule.rewrite.add {
+                request.insert_header(name.clone(), value.as_str())?;
+            }
+        }
+        Ok(())
     }
 
     async fn fail_to_proxy(
@@ -162,7 +178,19 @@ impl ProxyHttp for DaprHttpApi {
         errors::fail_to_proxy(session, e, || match &ctx.invoke {
             Some(invocation) => {
                 let at = invocation.address.as_deref().unwrap_or("no endpoint");
-                ApiError::invoke(&invocation.target.app_id, format!("{at}: {}", describe(e)))
+                let timeout = invocation.rule.as_ref().and_then(|r| r.timeout);
+                match (e.etype(), timeout) {
+                    (ErrorType::ReadTimedout, Some(limit)) => ApiError::new(
+                        504,
+                        ERR_DIRECT_INVOKE,
+                        format!(
+                            "failed to invoke, id: {}, err: no response from {at} within the route timeout of {}",
+                            invocation.target.app_id,
+                            outrigger_config::duration::format(&limit)
+                        ),
+                    ),
+                    _ => ApiError::invoke(&invocation.target.app_id, format!("{at}: {}", describe(e))),
+                }
             }
             None => ApiError::new(500, "ERR_INTERNAL", e.to_string()),
         })
@@ -264,12 +292,23 @@ impl DaprHttpApi {
                 let uri = http::Uri::try_from(target.path_and_query.as_str()).map_err(|e| {
                     ApiError::new(400, ERR_MALFORMED_REQUEST, format!("invalid method path {:?}: {e}", target.path_and_query))
                 })?;
-                let endpoints = self
+                let view = RequestView {
+                    method: &header.method,
+                    path: uri.path(),
+                    headers: &header.headers,
+                };
+                let resolved = self
                     .sidecar
-                    .endpoints_for(&target.app_id, target.namespace.as_deref())
+                    .resolve(&target.app_id, target.namespace.as_deref(), &view)
                     .await
                     .ok_or_else(|| ApiError::invoke(&target.app_id, format!("couldn't find service: {}", target.app_id)))?;
-                ctx.invoke = Some(Invocation { target, uri, endpoints, address: None });
+                ctx.invoke = Some(Invocation {
+                    target,
+                    uri,
+                    endpoints: resolved.endpoints,
+                    rule: resolved.rule,
+                    address: None,
+                });
                 Ok(None)
             }
         }
