@@ -35,6 +35,9 @@ enum Command {
     Run(RunArgs),
     /// Run the sidecar alone, on exactly the ports given (defaults 3500, 15008, 15000).
     Sidecar(SidecarArgs),
+    /// Run the control plane: watch a config directory and push it to every sidecar that
+    /// connects with --control-plane.
+    Control(outrigger_control::ControlArgs),
     /// Generate HTTP load: open-loop at a fixed rate (latency corrected for coordinated
     /// omission) or closed-loop at full speed; HTTP/1.1 or HTTP/2.
     Load(outrigger_load::cli::LoadArgs),
@@ -109,6 +112,9 @@ struct CommonArgs {
     /// Host other sidecars use to reach this one's mesh listener
     #[arg(long, default_value = "127.0.0.1")]
     advertise_address: String,
+    /// The control plane to take configuration from, e.g. http://127.0.0.1:15010
+    #[arg(long, value_name = "URL")]
+    control_plane: Option<String>,
     /// Local registry directory for zero-setup discovery of other sidecars on this host
     /// [default: $XDG_RUNTIME_DIR/outrigger/registry or /tmp/outrigger-<uid>/registry]
     #[arg(long, env = "OUTRIGGER_REGISTRY_DIR", value_name = "DIR")]
@@ -150,6 +156,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (common, ports, command) = match cli.command {
         Command::Load(args) => return outrigger_load::cli::run(args),
+        Command::Control(args) => {
+            init_logging("info");
+            return outrigger_control::run(args);
+        }
         Command::Bench(args) => return outrigger_bench::cli::run(args),
         Command::Run(args) => {
             let host = args.common.listen_address;
@@ -222,6 +232,7 @@ fn sidecar_options(common: CommonArgs, ports: Ports) -> SidecarOptions {
     options.advertise_host = common.advertise_address;
     options.api_token = common.dapr_api_token.filter(|t| !t.is_empty());
     options.app_api_token = common.app_api_token.filter(|t| !t.is_empty());
+    options.control_plane = common.control_plane;
     options.registry_dir = if common.no_discovery {
         None
     } else {

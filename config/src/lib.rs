@@ -16,6 +16,6 @@ mod route;
 mod snapshot;
 
 pub use error::LoadError;
-pub use loader::{load_dir, load_str};
+pub use loader::{load_dir, load_dir_unchecked, load_str};
 pub use route::{HeaderMatch, HeaderRewrite, Route, RouteMatch, RouteRule, WeightedCluster};
 pub use snapshot::{Cluster, Endpoint, LoadBalancer, Policies, Snapshot, SnapshotError};

@@ -33,6 +33,18 @@ const KINDS: &[(&str, &[&str])] = &[
 
 /// Loads every YAML file directly inside `dir` (sorted by name) into one snapshot.
 pub fn load_dir(dir: &Path) -> Result<Snapshot, LoadError> {
+    let (snapshot, origins) = load_dir_parts(dir)?;
+    check(snapshot, origins)
+}
+
+/// Like [`load_dir`], but without the cross-reference checks of [`Snapshot::validate`]: every
+/// file must still parse and every field have the right type. The control plane loads this way
+/// and leaves the cross-reference verdict to the sidecars, which NACK with the reason.
+pub fn load_dir_unchecked(dir: &Path) -> Result<Snapshot, LoadError> {
+    load_dir_parts(dir).map(|(snapshot, _)| snapshot)
+}
+
+fn load_dir_parts(dir: &Path) -> Result<(Snapshot, Origins), LoadError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| LoadError::new(dir, format!("cannot read the resources directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
@@ -48,14 +60,17 @@ pub fn load_dir(dir: &Path) -> Result<Snapshot, LoadError> {
             .map_err(|e| LoadError::new(&file, format!("cannot read file: {e}")))?;
         sources.push((file, text));
     }
-    load_sources(&sources)
+    parse_sources(&sources)
 }
 
 /// Loads one YAML text as if it were the only file in a resources directory (`name` is what
 /// errors call it).
 pub fn load_str(name: &str, text: &str) -> Result<Snapshot, LoadError> {
-    load_sources(&[(PathBuf::from(name), text.to_string())])
+    let (snapshot, origins) = parse_sources(&[(PathBuf::from(name), text.to_string())])?;
+    check(snapshot, origins)
 }
+
+type Origins = BTreeMap<(&'static str, String), Origin>;
 
 /// Where a resource came from, to point errors found after parsing back at the YAML.
 #[derive(Clone)]
@@ -70,7 +85,7 @@ struct Builder {
     origins: BTreeMap<(&'static str, String), Origin>,
 }
 
-fn load_sources(sources: &[(PathBuf, String)]) -> Result<Snapshot, LoadError> {
+fn parse_sources(sources: &[(PathBuf, String)]) -> Result<(Snapshot, Origins), LoadError> {
     let mut builder = Builder::default();
     let mut hasher = DefaultHasher::new();
     for (file, text) in sources {
@@ -79,7 +94,10 @@ fn load_sources(sources: &[(PathBuf, String)]) -> Result<Snapshot, LoadError> {
         load_file(&mut builder, file, text)?;
     }
     builder.snapshot.version = format!("{:016x}", hasher.finish());
-    let Builder { snapshot, origins } = builder;
+    Ok((builder.snapshot, builder.origins))
+}
+
+fn check(snapshot: Snapshot, origins: Origins) -> Result<Snapshot, LoadError> {
     snapshot.validate().map_err(|e| {
         let key = match &e {
             SnapshotError::InvalidRoute { route, .. } => ("Route", route.clone()),

@@ -44,6 +44,9 @@ pub struct SidecarOptions {
     pub api_token: Option<String>,
     /// `APP_API_TOKEN`: sent to the app as `dapr-api-token` on every delivered call.
     pub app_api_token: Option<String>,
+    /// The control plane's discovery address (`http://host:15010`); its configuration replaces
+    /// the resources directory's once the first response arrives.
+    pub control_plane: Option<String>,
     /// The local registry directory for zero-setup discovery; `None` turns discovery off.
     pub registry_dir: Option<PathBuf>,
     /// How long shutdown waits for requests in flight.
@@ -70,6 +73,7 @@ impl SidecarOptions {
             advertise_host: "127.0.0.1".to_string(),
             api_token: None,
             app_api_token: None,
+            control_plane: None,
             registry_dir: None,
             drain_timeout: Duration::from_secs(15),
             max_request_header_bytes: 60 * 1024,

@@ -353,6 +353,23 @@ pub async fn run(
         });
     }
 
+    if let Some(endpoint) = sidecar.options.control_plane.clone() {
+        let options = &sidecar.options;
+        let node = outrigger_proto::mesh::v1::Node {
+            id: format!(
+                "{}-{}-{}",
+                options.app_id,
+                std::process::id(),
+                addrs.mesh.port()
+            ),
+            app_id: options.app_id.clone(),
+            namespace: options.namespace.clone().unwrap_or_default(),
+            address: options.advertise_host.clone(),
+            mesh_port: u32::from(addrs.mesh.port()),
+        };
+        tokio::spawn(crate::control_client::run(sidecar.clone(), endpoint, node));
+    }
+
     sidecar.ready.store(true, Ordering::Release);
     tracing::info!(
         app_id = %sidecar.options.app_id,

@@ -1,0 +1,208 @@
+//! The sidecar's side of the mesh.v1 discovery stream (`--control-plane URL`): subscribe to
+//! every resource type, validate each response against the rest of the configuration, install
+//! the result with one atomic swap and ACK — or NACK with the reason and keep serving the last
+//! good snapshot. Reconnects with jittered backoff; the versions it holds survive reconnects.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use outrigger_config::dapr::{Component, Resiliency, Subscription};
+use outrigger_config::{Cluster, Route, Snapshot};
+use outrigger_proto::mesh::v1 as mesh;
+use outrigger_proto::mesh::v1::aggregated_discovery_client::AggregatedDiscoveryClient;
+use outrigger_proto::mesh::v1::{DiscoveryRequest, DiscoveryResponse, ErrorDetail, Node};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::sidecar::Sidecar;
+
+const INVALID_ARGUMENT: i32 = 3;
+
+/// What the control plane has sent, per type, as last applied.
+#[derive(Clone, Default)]
+struct Store {
+    clusters: BTreeMap<String, Cluster>,
+    endpoints: BTreeMap<String, Cluster>,
+    resiliency: BTreeMap<String, Resiliency>,
+    components: BTreeMap<String, Component>,
+    subscriptions: Vec<Subscription>,
+    routes: BTreeMap<String, Route>,
+    versions: BTreeMap<String, String>,
+}
+
+impl Store {
+    /// This store with one type replaced by the response's resources.
+    fn with(&self, response: &DiscoveryResponse) -> Result<Store, String> {
+        let mut next = self.clone();
+        let type_url = response.type_url.as_str();
+        match type_url {
+            mesh::TYPE_CLUSTER => next.clusters = by_name(response, |c: &Cluster| c.name.clone())?,
+            mesh::TYPE_ENDPOINTS => {
+                next.endpoints = by_name(response, |c: &Cluster| c.name.clone())?
+            }
+            mesh::TYPE_POLICY => {
+                next.resiliency = by_name(response, |r: &Resiliency| r.metadata.name.clone())?
+            }
+            mesh::TYPE_COMPONENT => {
+                next.components = by_name(response, |c: &Component| c.metadata.name.clone())?
+            }
+            mesh::TYPE_SUBSCRIPTION => {
+                next.subscriptions = by_name(response, |s: &Subscription| s.metadata.name.clone())?
+                    .into_values()
+                    .collect()
+            }
+            mesh::TYPE_ROUTE => next.routes = by_name(response, |r: &Route| r.app.clone())?,
+            other => return Err(format!("type_url: unknown resource type {other:?}")),
+        }
+        next.versions
+            .insert(type_url.to_string(), response.version_info.clone());
+        Ok(next)
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut clusters = self.endpoints.clone();
+        // A cluster from the config directory wins over the registry's cluster of the same name.
+        clusters.extend(self.clusters.clone());
+        let mut hasher = DefaultHasher::new();
+        self.versions.hash(&mut hasher);
+        Snapshot {
+            version: format!("cp-{:016x}", hasher.finish()),
+            clusters,
+            routes: self.routes.clone(),
+            policies: outrigger_config::Policies {
+                resiliency: self.resiliency.clone(),
+            },
+            components: self.components.clone(),
+            subscriptions: self.subscriptions.clone(),
+            configuration: None,
+        }
+    }
+}
+
+/// Decodes every resource of a response, keyed by `key`; a duplicate key is an error.
+fn by_name<T: DeserializeOwned>(
+    response: &DiscoveryResponse,
+    key: impl Fn(&T) -> String,
+) -> Result<BTreeMap<String, T>, String> {
+    let mut out = BTreeMap::new();
+    for (i, any) in response.resources.iter().enumerate() {
+        if any.type_url != response.type_url {
+            return Err(format!(
+                "resources[{i}]: type_url {:?} does not match the response's {:?}",
+                any.type_url, response.type_url
+            ));
+        }
+        let item: T = serde_json::from_slice(&any.value)
+            .map_err(|e| format!("resources[{i}]: not a valid {}: {e}", response.type_url))?;
+        let name = key(&item);
+        if out.insert(name.clone(), item).is_some() {
+            return Err(format!("resources[{i}]: duplicate name {name:?}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the client for the life of the sidecar.
+pub(crate) async fn run(sidecar: Arc<Sidecar>, endpoint: String, node: Node) {
+    let mut store = Store::default();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match stream_once(&sidecar, &endpoint, &node, &mut store).await {
+            Ok(received) => {
+                tracing::warn!(%endpoint, "control plane stream closed; serving the last good configuration");
+                if received {
+                    backoff = Duration::from_millis(100);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%endpoint, error = %e, "control plane unreachable; serving the last good configuration")
+            }
+        }
+        let jitter = 0.5 + fastrand_f64();
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Uniform in [0, 1) without a dependency: the clock's nanoseconds are random enough for
+/// spreading reconnects.
+fn fastrand_f64() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+/// One stream's life. Returns whether any response arrived.
+async fn stream_once(
+    sidecar: &Arc<Sidecar>,
+    endpoint: &str,
+    node: &Node,
+    store: &mut Store,
+) -> Result<bool, String> {
+    let mut client = AggregatedDiscoveryClient::connect(endpoint.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(16);
+    for (i, type_url) in mesh::PUSH_ORDER.iter().enumerate() {
+        let request = DiscoveryRequest {
+            node: (i == 0).then(|| node.clone()),
+            type_url: type_url.to_string(),
+            version_info: store.versions.get(*type_url).cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        tx.send(request).await.map_err(|e| e.to_string())?;
+    }
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    tracing::info!(%endpoint, "connected to the control plane");
+    let mut received = false;
+    while let Some(response) = inbound.message().await.map_err(|e| e.to_string())? {
+        received = true;
+        let outcome = store.with(&response).and_then(|next| {
+            sidecar
+                .install(next.snapshot())
+                .map_err(|e| e.to_string())?;
+            Ok(next)
+        });
+        let answer = match outcome {
+            Ok(next) => {
+                tracing::info!(type_url = %response.type_url, version = %response.version_info, "applied");
+                *store = next;
+                DiscoveryRequest {
+                    type_url: response.type_url.clone(),
+                    version_info: response.version_info.clone(),
+                    response_nonce: response.nonce.clone(),
+                    ..Default::default()
+                }
+            }
+            Err(message) => {
+                tracing::warn!(type_url = %response.type_url, version = %response.version_info, %message, "refused (NACK)");
+                DiscoveryRequest {
+                    type_url: response.type_url.clone(),
+                    version_info: store
+                        .versions
+                        .get(&response.type_url)
+                        .cloned()
+                        .unwrap_or_default(),
+                    response_nonce: response.nonce.clone(),
+                    error_detail: Some(ErrorDetail {
+                        code: INVALID_ARGUMENT,
+                        message,
+                    }),
+                    ..Default::default()
+                }
+            }
+        };
+        if tx.send(answer).await.is_err() {
+            break;
+        }
+    }
+    Ok(received)
+}
