@@ -255,10 +255,21 @@ async fn killing_the_control_plane_under_load_fails_no_request_and_a_restart_rec
             "--admin",
             "127.0.0.1:0",
         ]);
-    let (_restarted, _) = spawn_until("control plane (restarted)", command, |l| {
+    let (restarted, line) = spawn_until("control plane (restarted)", command, |l| {
         l.contains("control plane listening")
     });
     until_served_by(&http, &setup.a, "b-v2").await;
+    // The sidecar re-registered with the new control plane and acknowledged its route.
+    let restarted = ControlProc {
+        proc: restarted,
+        listen: field(&line, "listen"),
+        admin: field(&line, "admin"),
+    };
+    let a = sidecar_a(&restarted).await;
+    assert!(
+        a["acked"]["type.outrigger.dev/mesh.v1.Route"].is_string(),
+        "{a}"
+    );
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.unwrap();
@@ -268,4 +279,52 @@ async fn killing_the_control_plane_under_load_fails_no_request_and_a_restart_rec
         0,
         "requests failed while the control plane was away"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_instance_registered_with_the_control_plane_gets_traffic_and_leaves_cleanly() {
+    let registry = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let control = start_control(config.path());
+    let cp = format!("http://{}", control.listen);
+    let with_cp = |b: SidecarBuilder| b.arg("--no-discovery").arg("--control-plane").arg(&cp);
+    let app1 = start_echo_app("b-1");
+    let _b1 = with_cp(SidecarBuilder::new("b", registry.path()).app_port(app1.port)).start();
+    let a = with_cp(SidecarBuilder::new("a", registry.path())).start();
+    let http = client();
+    // b is known only through the control plane's registry (discovery is off everywhere).
+    until_served_by(&http, &a, "b-1").await;
+
+    let app2 = start_echo_app("b-2");
+    let mut b2 = with_cp(SidecarBuilder::new("b", registry.path()).app_port(app2.port)).start();
+    until_served_by(&http, &a, "b-2").await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        *seen.entry(served_by(&http, &a).await).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("b-1"), Some(&10), "{seen:?}");
+    assert_eq!(seen.get("b-2"), Some(&10), "{seen:?}");
+
+    // The second instance dies: its stream closes, the control plane drops it, and calls keep
+    // succeeding throughout (a refused connection moves on to the other instance).
+    b2.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    b2.proc.wait_exit(Duration::from_secs(10));
+    for _ in 0..50 {
+        assert_eq!(served_by(&http, &a).await, "b-1");
+    }
+    let sidecars: Value = http
+        .get(format!("http://{}/sidecars", control.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bs = sidecars
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["app_id"] == "b")
+        .count();
+    assert_eq!(bs, 1, "{sidecars:#}");
 }

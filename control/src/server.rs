@@ -177,6 +177,16 @@ impl StreamState {
             // A subscription (or re-subscription after a reconnect) with the client's version.
             let subscription = self.subscriptions.entry(type_url).or_default();
             subscription.sent_version = Some(request.version_info.clone());
+            let current = desired.types.get(type_url).map(|t| t.version.as_str());
+            if !request.version_info.is_empty() && current == Some(request.version_info.as_str()) {
+                // A reconnecting sidecar that already has the current version: nothing to send,
+                // and the admin page should still show what it runs.
+                if let Some(sidecar) = lock(&self.plane.registry).get_mut(self.id) {
+                    sidecar
+                        .acked
+                        .insert(type_url.to_string(), request.version_info.clone());
+                }
+            }
             self.push_if_changed(type_url, desired).await;
             return;
         }
