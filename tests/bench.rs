@@ -83,3 +83,23 @@ fn a_tiny_bench_run_reports_every_scenario_with_nonzero_counts() {
         assert!(svg.starts_with("<svg"), "{plot} is not an SVG");
     }
 }
+
+#[test]
+fn a_tiny_convergence_run_reports_every_size() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(outrigger_bin())
+        .args(["bench", "--convergence", "2,5", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = std::fs::read_to_string(out.path().join("convergence.md")).unwrap();
+    for size in ["| 2 |", "| 5 |"] {
+        assert!(report.contains(size), "missing {size}:\n{report}");
+    }
+}

@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// Do not apt-get install nginx/haproxy when missing
     #[arg(long)]
     no_install: bool,
+    /// Instead of the scenarios: measure control-plane convergence for these numbers of
+    /// simulated sidecars (e.g. 10,100,1000) and write convergence.md
+    #[arg(long, value_delimiter = ',', value_name = "N,N,…")]
+    convergence: Vec<usize>,
     /// Internal: serve the upstream app on this port and never return
     #[arg(long, hide = true)]
     serve_upstream: Option<u16>,
@@ -78,6 +82,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.convergence.is_empty() {
+        return convergence(&args);
+    }
     let mut scenarios = if args.scenarios.is_empty() {
         ScenarioName::ALL.to_vec()
     } else {
@@ -174,4 +181,42 @@ fn context_text(args: &BenchArgs, pinned: bool, cpus: usize) -> String {
         args.body_bytes,
         if pinned { "load generator on CPU 0, every server on CPU 1" } else { "none" }
     )
+}
+
+fn convergence(args: &BenchArgs) -> anyhow::Result<()> {
+    // Each simulated sidecar holds a connection (two descriptors on this host): lift the soft
+    // open-files limit to the hard one, inherited by the control plane we start.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let out = args.out.canonicalize()?;
+    let work = out.join("work");
+    std::fs::create_dir_all(&work)?;
+    let exe = std::env::current_exe().context("finding the outrigger binary")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut results = Vec::new();
+    for &n in &args.convergence {
+        let result = runtime.block_on(crate::convergence::measure(&exe, &work, n))?;
+        println!(
+            "{:>5} sidecars: p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  control-plane CPU {:.3} s  RSS {:.1} MB",
+            result.sidecars, result.p50_ms, result.p99_ms, result.max_ms, result.cpu_seconds, result.rss_mb
+        );
+        results.push(result);
+    }
+    let command: Vec<String> = std::env::args().collect();
+    std::fs::write(
+        out.join("convergence.md"),
+        crate::convergence::markdown(&results, &command.join(" ")),
+    )?;
+    println!(
+        "outrigger bench: convergence report in {}",
+        out.join("convergence.md").display()
+    );
+    Ok(())
 }

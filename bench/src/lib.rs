@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+mod convergence;
 mod peers;
 mod plot;
 mod procs;
