@@ -226,3 +226,43 @@ async fn a_sidecar_nacks_a_resource_of_another_type() {
         "resources[0]: type_url \"type.outrigger.dev/mesh.v1.Route\" does not match the response's \"type.outrigger.dev/mesh.v1.Cluster\""
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dapr_configuration_is_served_as_its_own_type() {
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("config.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: appconfig}\nspec:\n  accessControl: {defaultAction: deny}\n",
+    )
+    .unwrap();
+    let mut command = Command::new(outrigger_bin());
+    command
+        .args(["control", "--config-dir"])
+        .arg(config.path())
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let (_control, line) = spawn_until("control plane", command, |l| {
+        l.contains("control plane listening")
+    });
+    let mut client =
+        AggregatedDiscoveryClient::connect(format!("http://{}", field(&line, "listen")))
+            .await
+            .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(request(mesh::TYPE_CONFIGURATION, "", ""))
+        .await
+        .unwrap();
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = inbound.message().await.unwrap().expect("a response");
+    assert_eq!(response.type_url, mesh::TYPE_CONFIGURATION);
+    assert_eq!(response.resources.len(), 1);
+    let configuration: Value = serde_json::from_slice(&response.resources[0].value).unwrap();
+    assert_eq!(configuration["metadata"]["name"], "appconfig");
+    assert_eq!(
+        configuration["spec"]["accessControl"]["defaultAction"],
+        "deny"
+    );
+}

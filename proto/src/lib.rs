@@ -15,12 +15,15 @@ pub mod mesh {
         pub const TYPE_ENDPOINTS: &str = "type.outrigger.dev/mesh.v1.Endpoints";
         pub const TYPE_ROUTE: &str = "type.outrigger.dev/mesh.v1.Route";
         pub const TYPE_POLICY: &str = "type.outrigger.dev/mesh.v1.Resiliency";
+        /// The Dapr `Configuration` (at most one): features, tracing, access control.
+        pub const TYPE_CONFIGURATION: &str = "type.outrigger.dev/dapr.v1.Configuration";
         pub const TYPE_COMPONENT: &str = "type.outrigger.dev/dapr.v1.Component";
         pub const TYPE_SUBSCRIPTION: &str = "type.outrigger.dev/dapr.v1.Subscription";
-        pub const PUSH_ORDER: [&str; 6] = [
+        pub const PUSH_ORDER: [&str; 7] = [
             TYPE_CLUSTER,
             TYPE_ENDPOINTS,
             TYPE_POLICY,
+            TYPE_CONFIGURATION,
             TYPE_COMPONENT,
             TYPE_SUBSCRIPTION,
             TYPE_ROUTE,

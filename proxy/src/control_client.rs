@@ -9,7 +9,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outrigger_config::dapr::{Component, Resiliency, Subscription};
+use outrigger_config::dapr::{Component, Configuration, Resiliency, Subscription};
 use outrigger_config::{Cluster, Route, Snapshot};
 use outrigger_proto::mesh::v1 as mesh;
 use outrigger_proto::mesh::v1::aggregated_discovery_client::AggregatedDiscoveryClient;
@@ -27,6 +27,7 @@ struct Store {
     clusters: BTreeMap<String, Cluster>,
     endpoints: BTreeMap<String, Cluster>,
     resiliency: BTreeMap<String, Resiliency>,
+    configuration: Option<Configuration>,
     components: BTreeMap<String, Component>,
     subscriptions: Vec<Subscription>,
     routes: BTreeMap<String, Route>,
@@ -77,7 +78,7 @@ impl Store {
             },
             components: self.components.clone(),
             subscriptions: self.subscriptions.clone(),
-            configuration: None,
+            configuration: self.configuration.clone(),
         }
     }
 }
