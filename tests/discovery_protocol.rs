@@ -256,7 +256,11 @@ async fn the_dapr_configuration_is_served_as_its_own_type() {
         .await
         .unwrap()
         .into_inner();
-    let response = inbound.message().await.unwrap().expect("a response");
+    let response = tokio::time::timeout(Duration::from_secs(30), inbound.message())
+        .await
+        .expect("the control plane answered the subscription")
+        .unwrap()
+        .expect("a response");
     assert_eq!(response.type_url, mesh::TYPE_CONFIGURATION);
     assert_eq!(response.resources.len(), 1);
     let configuration: Value = serde_json::from_slice(&response.resources[0].value).unwrap();

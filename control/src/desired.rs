@@ -41,6 +41,10 @@ impl Desired {
             encode(mesh::TYPE_POLICY, snapshot.policies.resiliency.values()),
         );
         types.insert(
+            mesh::TYPE_CONFIGURATION,
+            encode(mesh::TYPE_CONFIGURATION, snapshot.configuration.iter()),
+        );
+        types.insert(
             mesh::TYPE_COMPONENT,
             encode(mesh::TYPE_COMPONENT, snapshot.components.values()),
         );

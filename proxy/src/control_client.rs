@@ -47,6 +47,16 @@ impl Store {
             mesh::TYPE_POLICY => {
                 next.resiliency = by_name(response, |r: &Resiliency| r.metadata.name.clone())?
             }
+            mesh::TYPE_CONFIGURATION => {
+                let mut all = by_name(response, |c: &Configuration| c.metadata.name.clone())?;
+                if all.len() > 1 {
+                    return Err(format!(
+                        "resources: {} Configurations; at most one may be in force",
+                        all.len()
+                    ));
+                }
+                next.configuration = all.pop_first().map(|(_, c)| c);
+            }
             mesh::TYPE_COMPONENT => {
                 next.components = by_name(response, |c: &Component| c.metadata.name.clone())?
             }
