@@ -13,29 +13,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-struct ControlProc {
-    proc: Proc,
-    listen: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-}
-
-fn start_control(config_dir: &Path) -> ControlProc {
-    let mut command = Command::new(outrigger_bin());
-    command
-        .args(["control", "--config-dir"])
-        .arg(config_dir)
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .env_remove("RUST_LOG");
-    let (proc, line) = spawn_until("control plane", command, |l| {
-        l.contains("control plane listening")
-    });
-    ControlProc {
-        listen: field(&line, "listen"),
-        admin: field(&line, "admin"),
-        proc,
-    }
-}
-
 fn clusters_yaml(v1_mesh: u16, v2_mesh: u16) -> String {
     format!(
         "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b-v1}}\nspec: {{endpoints: [{{address: 127.0.0.1:{v1_mesh}}}]}}\n---\napiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b-v2}}\nspec: {{endpoints: [{{address: 127.0.0.1:{v2_mesh}}}]}}\n"

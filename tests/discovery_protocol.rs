@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use outrigger_proto::mesh::v1 as mesh;
@@ -47,15 +46,8 @@ async fn the_server_ignores_unknown_types_and_stale_nonces_and_counts_the_right_
         "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec: {endpoints: [{address: 127.0.0.1:1}]}\n",
     )
     .unwrap();
-    let mut command = Command::new(outrigger_bin());
-    command
-        .args(["control", "--config-dir"])
-        .arg(config.path())
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
-    let (_control, line) = spawn_until("control plane", command, |l| {
-        l.contains("control plane listening")
-    });
-    let (listen, admin) = (field(&line, "listen"), field(&line, "admin"));
+    let control = start_control(config.path());
+    let (listen, admin) = (control.listen, control.admin);
 
     let mut client = AggregatedDiscoveryClient::connect(format!("http://{listen}"))
         .await
@@ -235,18 +227,10 @@ async fn the_dapr_configuration_is_served_as_its_own_type() {
         "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata: {name: appconfig}\nspec:\n  accessControl: {defaultAction: deny}\n",
     )
     .unwrap();
-    let mut command = Command::new(outrigger_bin());
-    command
-        .args(["control", "--config-dir"])
-        .arg(config.path())
-        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
-    let (_control, line) = spawn_until("control plane", command, |l| {
-        l.contains("control plane listening")
-    });
-    let mut client =
-        AggregatedDiscoveryClient::connect(format!("http://{}", field(&line, "listen")))
-            .await
-            .unwrap();
+    let control = start_control(config.path());
+    let mut client = AggregatedDiscoveryClient::connect(format!("http://{}", control.listen))
+        .await
+        .unwrap();
     let (tx, rx) = mpsc::channel(4);
     tx.send(request(mesh::TYPE_CONFIGURATION, "", ""))
         .await

@@ -297,3 +297,28 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, bool) {
     };
     (String::from_utf8_lossy(&out).to_string(), closed)
 }
+
+/// A running `outrigger control` and its two addresses.
+pub struct ControlProc {
+    pub proc: Proc,
+    pub listen: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+/// Starts `outrigger control` on `config_dir` with ephemeral ports.
+pub fn start_control(config_dir: &Path) -> ControlProc {
+    let mut command = Command::new(outrigger_bin());
+    command
+        .args(["control", "--config-dir"])
+        .arg(config_dir)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env_remove("RUST_LOG");
+    let (proc, line) = spawn_until("control plane", command, |l| {
+        l.contains("control plane listening")
+    });
+    ControlProc {
+        listen: field(&line, "listen"),
+        admin: field(&line, "admin"),
+        proc,
+    }
+}
