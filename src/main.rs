@@ -113,7 +113,7 @@ struct CommonArgs {
     #[arg(long, default_value = "127.0.0.1")]
     advertise_address: String,
     /// The control plane to take configuration from, e.g. http://127.0.0.1:15010
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse_control_plane)]
     control_plane: Option<String>,
     /// Local registry directory for zero-setup discovery of other sidecars on this host
     /// [default: $XDG_RUNTIME_DIR/outrigger/registry or /tmp/outrigger-<uid>/registry]
@@ -146,6 +146,19 @@ struct CommonArgs {
 enum AppProtocolArg {
     Http,
     H2c,
+}
+
+/// `http://host:port`: refused at start-up rather than retried forever.
+fn parse_control_plane(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("{e}; expected a URL like http://127.0.0.1:15010"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(text.trim_end_matches('/').to_string()),
+        _ => Err(format!(
+            "{text:?} is not an http:// URL with a host; expected e.g. http://127.0.0.1:15010"
+        )),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -244,3 +244,46 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_connections_and_exits_0(
     assert_eq!(exit.code(), Some(0), "{}", mesh.a.proc.output());
     assert!(mesh.a.proc.output().contains("drained"));
 }
+
+#[test]
+fn a_control_plane_address_that_is_not_an_http_url_is_refused_at_start() {
+    for bad in ["127.0.0.1:15010", "grpc://cp:15010", "http://"] {
+        let output = Command::new(outrigger_bin())
+            .args([
+                "sidecar",
+                "--app-id",
+                "a",
+                "--no-discovery",
+                "--control-plane",
+                bad,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--control-plane"), "{bad}: {stderr}");
+        assert!(stderr.contains("http://127.0.0.1:15010"), "{bad}: {stderr}");
+    }
+}
+
+#[test]
+fn the_control_plane_refuses_a_config_dir_it_cannot_read() {
+    let output = Command::new(outrigger_bin())
+        .args([
+            "control",
+            "--config-dir",
+            "/nonexistent/outrigger-config",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot load /nonexistent/outrigger-config"),
+        "{stderr}"
+    );
+}
