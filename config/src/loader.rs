@@ -129,7 +129,7 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
         if value.is_null() {
             continue; // an empty document, e.g. a trailing `---`
         }
-        let meta: TypeMeta = serde_norway::from_value(value.clone()).map_err(|_| {
+        let meta = TypeMeta::deserialize(&value).map_err(|_| {
             LoadError::new(
                 file,
                 "expected a mapping with apiVersion, kind, metadata and spec",
@@ -172,11 +172,11 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
         };
         match *kind {
             "Component" => {
-                let component: Component = parse_document(file, text, index, &value)?;
+                let component: Component = parse_document(file, text, index, value)?;
                 builder.insert_component(component, origin)?;
             }
             "Resiliency" => {
-                let resiliency: Resiliency = parse_document(file, text, index, &value)?;
+                let resiliency: Resiliency = parse_document(file, text, index, value)?;
                 let name = resiliency.metadata.name.clone();
                 builder.claim("Resiliency", &name, origin)?;
                 builder
@@ -186,7 +186,7 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
                     .insert(name, resiliency);
             }
             "Subscription" => {
-                let mut subscription: Subscription = parse_document(file, text, index, &value)?;
+                let mut subscription: Subscription = parse_document(file, text, index, value)?;
                 if let Some(route) = subscription.spec.route.take() {
                     subscription.spec.routes.default.get_or_insert(route);
                 }
@@ -194,7 +194,7 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
                 builder.snapshot.subscriptions.push(subscription);
             }
             "Configuration" => {
-                let configuration: Configuration = parse_document(file, text, index, &value)?;
+                let configuration: Configuration = parse_document(file, text, index, value)?;
                 if let Some(previous) = &builder.snapshot.configuration {
                     return Err(LoadError::new(
                         file,
@@ -208,7 +208,7 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
                 builder.snapshot.configuration = Some(configuration);
             }
             "Cluster" => {
-                let resource: ClusterResource = parse_document(file, text, index, &value)?;
+                let resource: ClusterResource = parse_document(file, text, index, value)?;
                 let name = resource.metadata.name.clone();
                 builder.claim("Cluster", &name, origin)?;
                 let cluster = Cluster {
@@ -227,7 +227,7 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
                 builder.snapshot.clusters.insert(name, cluster);
             }
             "Route" => {
-                let resource: RouteResource = parse_document(file, text, index, &value)?;
+                let resource: RouteResource = parse_document(file, text, index, value)?;
                 let name = resource.metadata.name.clone();
                 builder.claim("Route", &name, origin.clone())?;
                 let app = resource.spec.app.clone();
@@ -316,12 +316,12 @@ fn parse_document<T: DeserializeOwned>(
     file: &Path,
     text: &str,
     index: usize,
-    value: &serde_norway::Value,
+    value: serde_norway::Value,
 ) -> Result<T, LoadError> {
     // Fast path: the document was already parsed once (to read its kind). Only when it does not
     // fit the type is it parsed again from the text, which is what carries line numbers —
     // re-parsing every document from the start of the file made big files quadratic.
-    if let Ok(parsed) = serde_norway::from_value(value.clone()) {
+    if let Ok(parsed) = serde_norway::from_value(value) {
         return Ok(parsed);
     }
     let document = serde_norway::Deserializer::from_str(text)
