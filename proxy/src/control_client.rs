@@ -132,19 +132,10 @@ pub(crate) async fn run(sidecar: Arc<Sidecar>, endpoint: String, node: Node) {
                 tracing::warn!(%endpoint, error = %e, "control plane unreachable; serving the last good configuration")
             }
         }
-        let jitter = 0.5 + fastrand_f64();
+        let jitter = 0.5 + fastrand::f64();
         tokio::time::sleep(backoff.mul_f64(jitter)).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
-}
-
-/// Uniform in [0, 1) without a dependency: the clock's nanoseconds are random enough for
-/// spreading reconnects.
-fn fastrand_f64() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1_000_000) / 1_000_000.0
 }
 
 /// One stream's life. Returns whether any response arrived.

@@ -94,7 +94,7 @@ pub(crate) async fn fail_to_proxy(
 ) -> FailToProxy {
     let error = if session.response_written().is_some() {
         None
-    } else if e.esource() == &ErrorSource::Downstream {
+    } else if is_client_fault(e) {
         match e.etype() {
             ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => None,
             _ => Some(
@@ -131,4 +131,11 @@ pub(crate) fn describe(e: &Error) -> String {
         (None, Some(context)) => format!("{} ({context})", e.etype().as_str()),
         (None, None) => e.etype().as_str().to_string(),
     }
+}
+
+/// Whether pingora should keep quiet about `e`: a client that hangs up or sends garbage is the
+/// client's problem, and under load (a benchmark stopping) it would flood the log; the
+/// response and the metrics still account for it.
+pub(crate) fn is_client_fault(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorType};
 
 use crate::drain::InFlight;
 use crate::errors::{self, describe, ApiError, ERR_DIRECT_INVOKE};
@@ -128,9 +128,7 @@ impl ProxyHttp for MeshInbound {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, error: &Error) -> bool {
-        // A client that hangs up or sends garbage is the client's problem, and under load
-        // (a benchmark stopping) it would flood the log; the metrics still count it.
-        error.esource() == &ErrorSource::Downstream
+        errors::is_client_fault(error)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
