@@ -186,13 +186,7 @@ mod tests {
         path: &str,
         headers: &[(&str, &str)],
     ) -> String {
-        let mut map = HeaderMap::new();
-        for (k, v) in headers {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
+        let map = to_map(headers);
         let view = RequestView {
             method: &method,
             path,
