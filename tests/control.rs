@@ -13,12 +13,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-fn clusters_yaml(v1_mesh: u16, v2_mesh: u16) -> String {
-    format!(
-        "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b-v1}}\nspec: {{endpoints: [{{address: 127.0.0.1:{v1_mesh}}}]}}\n---\napiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b-v2}}\nspec: {{endpoints: [{{address: 127.0.0.1:{v2_mesh}}}]}}\n"
-    )
-}
-
 /// Replaces the route file atomically (write + rename), as an editor or a deploy tool would.
 fn write_route(dir: &Path, cluster: &str) {
     let yaml = format!("apiVersion: outrigger.dev/v1alpha1\nkind: Route\nmetadata: {{name: b}}\nspec:\n  app: b\n  backends: [{{cluster: {cluster}}}]\n");
@@ -28,43 +22,30 @@ fn write_route(dir: &Path, cluster: &str) {
 }
 
 struct Setup {
-    _registry: tempfile::TempDir,
+    _backends: TwoVersions,
     config: tempfile::TempDir,
-    _apps: (EchoApp, EchoApp),
-    _backends: (SidecarProc, SidecarProc),
     control: ControlProc,
     a: SidecarProc,
 }
 
 fn setup() -> Setup {
-    let registry = tempfile::tempdir().unwrap();
-    let (v1, v2) = (start_echo_app("b-v1"), start_echo_app("b-v2"));
-    let b1 = SidecarBuilder::new("b", registry.path())
-        .app_port(v1.port)
-        .arg("--no-discovery")
-        .start();
-    let b2 = SidecarBuilder::new("b", registry.path())
-        .app_port(v2.port)
-        .arg("--no-discovery")
-        .start();
+    let backends = TwoVersions::start();
     let config = tempfile::tempdir().unwrap();
     std::fs::write(
         config.path().join("clusters.yaml"),
-        clusters_yaml(b1.mesh.port(), b2.mesh.port()),
+        backends.clusters_yaml(),
     )
     .unwrap();
     write_route(config.path(), "b-v1");
     let control = start_control(config.path());
-    let a = SidecarBuilder::new("a", registry.path())
+    let a = SidecarBuilder::new("a", backends.registry.path())
         .arg("--no-discovery")
         .arg("--control-plane")
         .arg(&format!("http://{}", control.listen))
         .start();
     Setup {
-        _registry: registry,
+        _backends: backends,
         config,
-        _apps: (v1, v2),
-        _backends: (b1, b2),
         control,
         a,
     }

@@ -8,71 +8,45 @@ use serde_json::Value;
 use support::*;
 
 struct Canary {
-    _registry: tempfile::TempDir,
+    _backends: TwoVersions,
     _resources: tempfile::TempDir,
-    _apps: (EchoApp, EchoApp),
-    _sidecars: (SidecarProc, SidecarProc),
     a: SidecarProc,
 }
 
 fn start_canary() -> Canary {
-    let registry = tempfile::tempdir().unwrap();
-    let (v1, v2) = (start_echo_app("b-v1"), start_echo_app("b-v2"));
-    let b1 = SidecarBuilder::new("b", registry.path())
-        .app_port(v1.port)
-        .arg("--no-discovery")
-        .start();
-    let b2 = SidecarBuilder::new("b", registry.path())
-        .app_port(v2.port)
-        .arg("--no-discovery")
-        .start();
+    let backends = TwoVersions::start();
     let resources = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "apiVersion: outrigger.dev/v1alpha1
-kind: Cluster
-metadata: {{name: b-v1}}
-spec: {{endpoints: [{{address: 127.0.0.1:{}}}]}}
----
-apiVersion: outrigger.dev/v1alpha1
-kind: Cluster
-metadata: {{name: b-v2}}
-spec: {{endpoints: [{{address: 127.0.0.1:{}}}]}}
----
-apiVersion: outrigger.dev/v1alpha1
+    let route = "apiVersion: outrigger.dev/v1alpha1
 kind: Route
-metadata: {{name: b}}
+metadata: {name: b}
 spec:
   app: b
   rules:
   - match:
-      headers: [{{name: x-canary, exact: \"true\"}}]
-    backends: [{{cluster: b-v2}}]
-  - match: {{pathPrefix: /v2/, method: POST}}
-    backends: [{{cluster: b-v2}}]
+      headers: [{name: x-canary, exact: \"true\"}]
+    backends: [{cluster: b-v2}]
+  - match: {pathPrefix: /v2/, method: POST}
+    backends: [{cluster: b-v2}]
     requestHeaders:
-      add: {{x-route: canary}}
+      add: {x-route: canary}
       remove: [x-debug]
-  - match: {{path: /slow}}
-    backends: [{{cluster: b-v1}}]
+  - match: {path: /slow}
+    backends: [{cluster: b-v1}]
     timeout: 300ms
   backends:
-  - {{cluster: b-v1, weight: 90}}
-  - {{cluster: b-v2, weight: 10}}
-",
-        b1.mesh.port(),
-        b2.mesh.port()
-    );
+  - {cluster: b-v1, weight: 90}
+  - {cluster: b-v2, weight: 10}
+";
+    let yaml = format!("{}---\n{route}", backends.clusters_yaml());
     std::fs::write(resources.path().join("routes.yaml"), yaml).unwrap();
-    let a = SidecarBuilder::new("a", registry.path())
+    let a = SidecarBuilder::new("a", backends.registry.path())
         .arg("--no-discovery")
         .arg("--resources-path")
         .arg(resources.path().to_str().unwrap())
         .start();
     Canary {
-        _registry: registry,
+        _backends: backends,
         _resources: resources,
-        _apps: (v1, v2),
-        _sidecars: (b1, b2),
         a,
     }
 }

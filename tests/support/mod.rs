@@ -322,3 +322,38 @@ pub fn start_control(config_dir: &Path) -> ControlProc {
         proc,
     }
 }
+
+/// Two versions of app `b` — echo apps `b-v1` and `b-v2`, each behind its own `b` sidecar with
+/// discovery off — and the mesh YAML naming them as clusters `b-v1` and `b-v2`.
+pub struct TwoVersions {
+    pub registry: tempfile::TempDir,
+    pub apps: (EchoApp, EchoApp),
+    pub sidecars: (SidecarProc, SidecarProc),
+}
+
+impl TwoVersions {
+    pub fn start() -> TwoVersions {
+        let registry = tempfile::tempdir().expect("tempdir");
+        let (v1, v2) = (start_echo_app("b-v1"), start_echo_app("b-v2"));
+        let start = |app: &EchoApp| {
+            SidecarBuilder::new("b", registry.path())
+                .app_port(app.port)
+                .arg("--no-discovery")
+                .start()
+        };
+        let sidecars = (start(&v1), start(&v2));
+        TwoVersions {
+            registry,
+            apps: (v1, v2),
+            sidecars,
+        }
+    }
+
+    /// `Cluster` resources `b-v1` and `b-v2` pointing at the two sidecars' mesh ports.
+    pub fn clusters_yaml(&self) -> String {
+        let (v1, v2) = (self.sidecars.0.mesh.port(), self.sidecars.1.mesh.port());
+        format!(
+            "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b-v1}}\nspec: {{endpoints: [{{address: 127.0.0.1:{v1}}}]}}\n---\napiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b-v2}}\nspec: {{endpoints: [{{address: 127.0.0.1:{v2}}}]}}\n"
+        )
+    }
+}
