@@ -42,7 +42,16 @@ pub fn default_registry_dir() -> PathBuf {
         .join("registry")
 }
 
-type AppKey = (String, Option<String>);
+/// `<app-id>` or `<app-id>.<namespace>`, as callers write namespaced ids; a plain string so
+/// that the common lookup (no namespace) borrows the app id instead of allocating a key.
+type AppKey = String;
+
+fn app_key(app_id: &str, namespace: Option<&str>) -> AppKey {
+    match namespace {
+        Some(ns) => format!("{app_id}.{ns}"),
+        None => app_id.to_string(),
+    }
+}
 
 pub(crate) struct LocalRegistry {
     dir: PathBuf,
@@ -95,8 +104,11 @@ impl LocalRegistry {
     }
 
     pub(crate) fn lookup(&self, app_id: &str, namespace: Option<&str>) -> Option<Arc<EndpointSet>> {
-        let key = (app_id.to_string(), namespace.map(str::to_string));
-        self.view.load().get(&key).cloned()
+        let view = self.view.load();
+        match namespace {
+            Some(ns) => view.get(&app_key(app_id, Some(ns))).cloned(),
+            None => view.get(app_id).cloned(),
+        }
     }
 
     /// Looks up, refreshing the view first if the app id is unknown.
@@ -126,7 +138,7 @@ impl LocalRegistry {
         let mut grouped: HashMap<AppKey, Vec<Target>> = HashMap::new();
         for entry in entries {
             grouped
-                .entry((entry.app_id, entry.namespace))
+                .entry(app_key(&entry.app_id, entry.namespace.as_deref()))
                 .or_default()
                 .push(Target {
                     address: entry.mesh_address,
