@@ -5,11 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: cmake builds pingora's zlib-ng; curl is used by the quick start; nginx and
-# haproxy are the peer proxies `outrigger bench` compares against; wrk cross-checks `outrigger load`.
+# haproxy are the peer proxies `outrigger bench` compares against; wrk cross-checks `outrigger load`;
+# the state tests start their own redis-server and create their own PostgreSQL databases.
 need=()
 for tool in cmake curl wrk; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v psql >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
@@ -22,6 +25,23 @@ if ((${#need[@]})); then
     # The packaged services start on install; the benchmark runs its own instances.
     $sudo service nginx stop >/dev/null 2>&1 || true
     $sudo service haproxy stop >/dev/null 2>&1 || true
+    $sudo service redis-server stop >/dev/null 2>&1 || true
+fi
+
+# The PostgreSQL state tests connect as postgres to 127.0.0.1:5432 (OUTRIGGER_TEST_PG overrides
+# the connection string). A fresh Debian install asks for a password over TCP; let loopback in.
+if [ -z "${OUTRIGGER_TEST_PG:-}" ] && ! psql -h 127.0.0.1 -U postgres -c 'select 1' >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "PostgreSQL does not accept postgres@127.0.0.1 without a password; adding a loopback trust rule"
+    for hba in /etc/postgresql/*/main/pg_hba.conf; do
+        $sudo sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+    done
+    $sudo service postgresql restart
+    for _ in $(seq 1 30); do
+        psql -h 127.0.0.1 -U postgres -c 'select 1' >/dev/null 2>&1 && break
+        sleep 1
+    done
 fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -97,7 +97,8 @@ struct CommonArgs {
     #[arg(long, value_enum, default_value_t = AppProtocolArg::Http)]
     app_protocol: AppProtocolArg,
     /// A directory of Dapr (Component, Resiliency, Subscription, Configuration) and mesh
-    /// (Cluster, Route) YAML resources
+    /// (Cluster, Route) YAML resources. Without it the sidecar serves an in-memory state
+    /// store named `statestore`, as `dapr init` sets up.
     #[arg(long, value_name = "DIR")]
     resources_path: Option<PathBuf>,
     /// The app's namespace; namespaced calls use `<app-id>.<namespace>`
@@ -128,6 +129,10 @@ struct CommonArgs {
     /// Requests with a larger header block get 431
     #[arg(long, default_value_t = 60)]
     max_request_headers_kb: usize,
+    /// Largest request body the sidecar reads itself (state, metadata), as daprd's
+    /// `--max-body-size`: bytes, or with a unit (`4Mi`, `512Ki`, `16M`); larger get 413
+    #[arg(long, default_value = "4Mi", value_parser = parse_size)]
+    max_body_size: usize,
     /// Worker threads
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -210,7 +215,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        None => Snapshot::default(),
+        None => Snapshot::embedded_defaults(),
     };
     match outrigger_proxy::launch(sidecar_options(common, ports), snapshot, command) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -257,6 +262,7 @@ fn sidecar_options(common: CommonArgs, ports: Ports) -> SidecarOptions {
     };
     options.drain_timeout = common.drain_timeout;
     options.max_request_header_bytes = common.max_request_headers_kb * 1024;
+    options.max_body_bytes = common.max_body_size;
     options.threads = common.threads;
     options
 }
@@ -297,4 +303,32 @@ fn init_logging(level: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// A size as daprd's flags take it: `4Mi`, `512Ki`, `1Gi`, `16M`, `100k`, or plain bytes.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let multiplier: usize = match unit {
+        "" | "B" => 1,
+        "k" | "K" | "KB" => 1000,
+        "Ki" | "KiB" => 1024,
+        "M" | "MB" => 1000 * 1000,
+        "Mi" | "MiB" => 1024 * 1024,
+        "G" | "GB" => 1000 * 1000 * 1000,
+        "Gi" | "GiB" => 1024 * 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?}; use Ki, Mi, Gi, K, M, G or bytes"
+            ))
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size above zero, e.g. 4Mi"))
 }

@@ -103,6 +103,7 @@ fn check(snapshot: Snapshot, origins: Origins) -> Result<Snapshot, LoadError> {
             SnapshotError::InvalidRoute { route, .. } => ("Route", route.clone()),
             SnapshotError::EmptyCluster { cluster } => ("Cluster", cluster.clone()),
             SnapshotError::UnknownPolicy { resiliency, .. } => ("Resiliency", resiliency.clone()),
+            SnapshotError::InvalidComponent { component, .. } => ("Component", component.clone()),
         };
         match origins.get(&key) {
             Some(origin) => LoadError::new(&origin.file, e.to_string()).at(origin.line, 1),

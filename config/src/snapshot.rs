@@ -65,6 +65,9 @@ pub enum SnapshotError {
     InvalidRoute { route: String, detail: String },
     #[error("cluster {cluster:?}: endpoints: a cluster needs at least one endpoint")]
     EmptyCluster { cluster: String },
+    /// A component the sidecar cannot open (bad metadata); the text names component and field.
+    #[error("{detail}")]
+    InvalidComponent { component: String, detail: String },
     #[error("resiliency {resiliency:?}: targets.apps.{app}.{field}: unknown policy {policy:?}")]
     UnknownPolicy {
         resiliency: String,
@@ -131,6 +134,31 @@ impl Snapshot {
             }
         }
         Ok(())
+    }
+
+    /// What a sidecar runs with when it is given no resources: a `state.in-memory` store named
+    /// `statestore`, like the one `dapr init` sets up, so state calls work with nothing else.
+    pub fn embedded_defaults() -> Self {
+        let statestore = Component {
+            metadata: crate::dapr::ObjectMeta {
+                name: "statestore".to_string(),
+                ..Default::default()
+            },
+            spec: crate::dapr::ComponentSpec {
+                component_type: crate::dapr::ComponentType::StateInMemory,
+                version: "v1".to_string(),
+                metadata: Vec::new(),
+                ignore_errors: false,
+                init_timeout: None,
+            },
+            scopes: Vec::new(),
+            auth: None,
+        };
+        Snapshot {
+            version: "embedded".to_string(),
+            components: BTreeMap::from([(statestore.name().to_string(), statestore)]),
+            ..Snapshot::default()
+        }
     }
 
     /// Components of one building block (`state`, `pubsub`, `secretstores`).

@@ -75,8 +75,19 @@ pub(crate) async fn send_no_content(session: &mut Session) -> pingora::Result<()
 
 /// Sends a JSON body with status 200.
 pub(crate) async fn send_json(session: &mut Session, body: Bytes) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(200, Some(2))?;
-    header.insert_header("content-type", "application/json")?;
+    send_body(session, &[("content-type", "application/json")], body).await
+}
+
+/// Sends `body` with status 200 and the given headers (plus its length).
+pub(crate) async fn send_body(
+    session: &mut Session,
+    headers: &[(&'static str, &str)],
+    body: Bytes,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(200, Some(headers.len() + 1))?;
+    for (name, value) in headers {
+        header.insert_header(*name, *value)?;
+    }
     header.insert_header("content-length", body.len().to_string())?;
     session
         .write_response_header(Box::new(header), false)

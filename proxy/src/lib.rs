@@ -14,6 +14,7 @@ pub mod admin;
 mod balance;
 #[doc(hidden)]
 pub mod bench_support;
+mod components;
 mod control_client;
 pub mod dapr_http;
 mod discovery;

@@ -53,6 +53,9 @@ pub struct SidecarOptions {
     pub drain_timeout: Duration,
     /// Requests whose header block is larger get 431.
     pub max_request_header_bytes: usize,
+    /// Largest request body the sidecar reads itself (state, metadata); larger get 413.
+    /// Invocation bodies stream through and are not limited. daprd's default is 4 MiB.
+    pub max_body_bytes: usize,
     /// Worker threads for the proxy runtime.
     pub threads: usize,
 }
@@ -77,6 +80,7 @@ impl SidecarOptions {
             registry_dir: None,
             drain_timeout: Duration::from_secs(15),
             max_request_header_bytes: 60 * 1024,
+            max_body_bytes: 4 * 1024 * 1024,
             threads: 2,
         }
     }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::admin::AdminApp;
 use crate::balance::{EndpointSet, Target};
+use crate::components::{open_state_stores, StateComponent};
 use crate::dapr_http::DaprHttpApi;
 use crate::discovery::{now_unix_ms, LocalRegistry, RegistryEntry, REFRESH_INTERVAL};
 use crate::drain::Drain;
@@ -46,6 +47,8 @@ pub(crate) struct ActiveConfig {
     clusters: HashMap<String, Arc<EndpointSet>>,
     /// The compiled route of each target app id that has one.
     routes: HashMap<String, CompiledRoute>,
+    /// The state stores this app may use, by component name.
+    pub(crate) state_stores: HashMap<String, Arc<StateComponent>>,
 }
 
 /// Where one invocation goes: the endpoints, and the route rule that chose them (for its
@@ -79,12 +82,13 @@ pub(crate) struct ListenerAddrs {
 impl Sidecar {
     pub fn new(options: SidecarOptions, snapshot: Snapshot) -> Result<Arc<Self>, ProxyError> {
         snapshot.validate()?;
+        let active = build_active(Arc::new(snapshot), None, &options.app_id)?;
         let registry = options
             .registry_dir
             .clone()
             .map(|dir| Arc::new(LocalRegistry::new(dir)));
         let sidecar = Sidecar {
-            config: ArcSwap::from_pointee(build_active(Arc::new(snapshot), None)),
+            config: ArcSwap::from_pointee(active),
             options,
             registry,
             metrics: Metrics::new(),
@@ -101,8 +105,8 @@ impl Sidecar {
     pub fn install(&self, snapshot: Snapshot) -> Result<(), SnapshotError> {
         snapshot.validate()?;
         let old = self.config.load();
-        self.config
-            .store(Arc::new(build_active(Arc::new(snapshot), Some(&old))));
+        let next = build_active(Arc::new(snapshot), Some(&old), &self.options.app_id)?;
+        self.config.store(Arc::new(next));
         Ok(())
     }
 
@@ -153,7 +157,12 @@ impl Sidecar {
     }
 }
 
-fn build_active(snapshot: Arc<Snapshot>, previous: Option<&ActiveConfig>) -> ActiveConfig {
+fn build_active(
+    snapshot: Arc<Snapshot>,
+    previous: Option<&ActiveConfig>,
+    app_id: &str,
+) -> Result<ActiveConfig, SnapshotError> {
+    let state_stores = open_state_stores(&snapshot, app_id, previous.map(|p| &p.state_stores))?;
     let clusters = snapshot
         .clusters
         .values()
@@ -179,11 +188,12 @@ fn build_active(snapshot: Arc<Snapshot>, previous: Option<&ActiveConfig>) -> Act
         .iter()
         .map(|(app, route)| (app.clone(), CompiledRoute::compile(route, &clusters)))
         .collect();
-    ActiveConfig {
+    Ok(ActiveConfig {
         snapshot,
         clusters,
         routes,
-    }
+        state_stores,
+    })
 }
 
 /// The three listening sockets, bound before anything else starts so that a port conflict is

@@ -4,21 +4,28 @@
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::components::in_scope;
 use crate::options::AppProtocol;
 use crate::sidecar::Sidecar;
 
 pub(super) fn render(sidecar: &Sidecar) -> Bytes {
-    let snapshot = sidecar.snapshot();
+    let active = sidecar.active();
+    let snapshot = &active.snapshot;
     let options = &sidecar.options;
     let components: Vec<_> = snapshot
         .components
         .values()
+        .filter(|c| in_scope(c, &sidecar.options.app_id))
         .map(|c| {
+            let capabilities = active
+                .state_stores
+                .get(c.name())
+                .map_or(&[][..], |s| s.opened.capabilities);
             json!({
                 "name": c.name(),
                 "type": c.spec.component_type.as_str(),
                 "version": c.spec.version,
-                "capabilities": [],
+                "capabilities": capabilities,
             })
         })
         .collect();

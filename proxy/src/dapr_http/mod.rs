@@ -6,6 +6,7 @@
 //! sidecar's mesh listener, streaming both bodies.
 
 mod metadata;
+mod state;
 pub(crate) mod target;
 
 use std::sync::Arc;
@@ -214,6 +215,8 @@ impl ProxyHttp for DaprHttpApi {
 enum Answer {
     NoContent,
     Json(Bytes),
+    /// A stored state item: its value as saved, with its ETag and expiry.
+    State(outrigger_state::StateEntry),
 }
 
 impl Answer {
@@ -221,6 +224,22 @@ impl Answer {
         match self {
             Answer::NoContent => errors::send_no_content(session).await,
             Answer::Json(body) => errors::send_json(session, body).await,
+            Answer::State(entry) => {
+                let (is_json, expiry) = state::found_headers(&entry);
+                let content_type = if is_json {
+                    "application/json"
+                } else {
+                    "application/octet-stream"
+                };
+                let mut headers = vec![
+                    ("content-type", content_type),
+                    ("etag", entry.etag.as_str()),
+                ];
+                if let Some(expiry) = &expiry {
+                    headers.push(("metadata.ttlexpiretime", expiry.as_str()));
+                }
+                errors::send_body(session, &headers, entry.value.clone()).await
+            }
         }
     }
 }
@@ -272,9 +291,27 @@ impl DaprHttpApi {
             }
             ApiRoute::Metadata => Ok(Some(Answer::Json(metadata::render(&self.sidecar)))),
             ApiRoute::SetMetadata(key) => {
-                let value = read_small_body(session, 64 * 1024).await?;
+                let value = read_body(session, 64 * 1024).await?;
+                let value = String::from_utf8(value.to_vec()).map_err(|_| {
+                    ApiError::new(400, ERR_MALFORMED_REQUEST, "metadata value is not UTF-8")
+                })?;
                 self.sidecar.extended_metadata.lock().insert(key, value);
                 Ok(Some(Answer::NoContent))
+            }
+            ApiRoute::State(call) => {
+                // The body is read first so that an error answer leaves the connection usable.
+                let body = if state::takes_body(&call.op) {
+                    read_body(session, options.max_body_bytes).await?
+                } else {
+                    Bytes::new()
+                };
+                let store = state::store_for(&self.sidecar, &call)?;
+                let header = session.req_header();
+                let request = state::StateRequest {
+                    query: header.uri.query(),
+                    if_match: header.headers.get("if-match").and_then(|v| v.to_str().ok()),
+                };
+                state::serve(&store, call.op, request, body).await.map(Some)
             }
             ApiRoute::NoAppId => Err(ApiError::new(
                 404,
@@ -313,19 +350,39 @@ impl DaprHttpApi {
     }
 }
 
-async fn read_small_body(session: &mut Session, limit: usize) -> Result<String, ApiError> {
-    let mut body = Vec::new();
+/// Bodies over the limit are still read (and dropped) up to this size, so the client, which
+/// is usually still sending, gets the 413 on a connection that stays usable.
+const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads a whole request body of at most `limit` bytes; a larger one is refused with 413.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            ERR_MALFORMED_REQUEST,
+            format!("request body is larger than the {limit}-byte limit (--max-body-size)"),
+        )
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DISCARD_LIMIT) {
+        return Err(too_large().closing());
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen = 0usize;
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                body.extend_from_slice(&chunk);
-                if body.len() > limit {
-                    return Err(ApiError::new(
-                        413,
-                        ERR_MALFORMED_REQUEST,
-                        format!("body over {limit} bytes"),
-                    )
-                    .closing());
+                seen += chunk.len();
+                if seen > DISCARD_LIMIT {
+                    return Err(too_large().closing());
+                }
+                if seen <= limit {
+                    body.extend_from_slice(&chunk);
                 }
             }
             Ok(None) => break,
@@ -337,8 +394,10 @@ async fn read_small_body(session: &mut Session, limit: usize) -> Result<String, 
             }
         }
     }
-    String::from_utf8(body)
-        .map_err(|_| ApiError::new(400, ERR_MALFORMED_REQUEST, "metadata value is not UTF-8"))
+    if seen > limit {
+        return Err(too_large());
+    }
+    Ok(body.freeze())
 }
 
 /// Turns the app's request into the one the target's sidecar receives: the method path as

@@ -19,6 +19,31 @@ pub(crate) enum ApiRoute {
     NoAppId,
     /// `/v1.0/invoke/{id}` with no method (400).
     NoMethod(String),
+    /// `/v1.0/state/{store}…`.
+    State(StateCall),
+}
+
+/// A call to the state API: which store, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StateCall {
+    pub(crate) store: String,
+    pub(crate) op: StateOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StateOp {
+    /// `GET /v1.0/state/{store}/{key}`; the key is still percent-encoded.
+    Get(String),
+    /// `DELETE /v1.0/state/{store}/{key}`.
+    Delete(String),
+    /// `POST|PUT /v1.0/state/{store}`.
+    Save,
+    /// `POST|PUT /v1.0/state/{store}/bulk`.
+    BulkGet,
+    /// `POST|PUT /v1.0/state/{store}/transaction`.
+    Transaction,
+    /// A path of the state API with a method it does not take; the methods it does take.
+    MethodNotAllowed(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,9 +107,38 @@ pub(crate) fn classify(
         _ => {}
     }
 
+    if let Some(rest) = path.strip_prefix("/v1.0/state/") {
+        return ApiRoute::State(state_call(method, rest));
+    }
+
     match explicit {
         Some(app) if !app.is_empty() => invoke(&app, with_query(path), via_basic_auth),
         _ => ApiRoute::NoAppId,
+    }
+}
+
+fn state_call(method: &http::Method, rest: &str) -> StateCall {
+    use http::Method;
+    let (store, key) = match rest.split_once('/') {
+        Some((store, key)) => (store, Some(key)),
+        None => (rest, None),
+    };
+    let write = *method == Method::POST || *method == Method::PUT;
+    let op = match (key, write) {
+        (None, true) => StateOp::Save,
+        (None, false) => StateOp::MethodNotAllowed("POST, PUT"),
+        (Some("bulk"), true) => StateOp::BulkGet,
+        (Some("transaction"), true) => StateOp::Transaction,
+        (Some(_), true) => StateOp::MethodNotAllowed("GET, DELETE"),
+        (Some(key), false) => match *method {
+            Method::GET => StateOp::Get(key.to_string()),
+            Method::DELETE => StateOp::Delete(key.to_string()),
+            _ => StateOp::MethodNotAllowed("GET, DELETE"),
+        },
+    };
+    StateCall {
+        store: store.to_string(),
+        op,
     }
 }
 
@@ -205,6 +259,53 @@ mod tests {
             route("/v1.0/invoke/b/method/", None, None, None),
             ApiRoute::NoMethod("b".into())
         );
+    }
+
+    #[test]
+    fn state_paths_by_method() {
+        let state = |method: Method, path: &str| match classify(&method, path, None, None, None) {
+            ApiRoute::State(call) => (call.store, call.op),
+            other => panic!("{path}: {other:?}"),
+        };
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            state(Method::GET, "/v1.0/state/s/k"),
+            (s("s"), StateOp::Get(s("k")))
+        );
+        assert_eq!(
+            state(Method::GET, "/v1.0/state/s/bulk"),
+            (s("s"), StateOp::Get(s("bulk")))
+        );
+        assert_eq!(
+            state(Method::DELETE, "/v1.0/state/s/a%2Fb"),
+            (s("s"), StateOp::Delete(s("a%2Fb")))
+        );
+        assert_eq!(
+            state(Method::POST, "/v1.0/state/s"),
+            (s("s"), StateOp::Save)
+        );
+        assert_eq!(state(Method::PUT, "/v1.0/state/s"), (s("s"), StateOp::Save));
+        assert_eq!(
+            state(Method::PUT, "/v1.0/state/s/bulk"),
+            (s("s"), StateOp::BulkGet)
+        );
+        assert_eq!(
+            state(Method::POST, "/v1.0/state/s/transaction"),
+            (s("s"), StateOp::Transaction)
+        );
+        assert_eq!(
+            state(Method::GET, "/v1.0/state/s"),
+            (s("s"), StateOp::MethodNotAllowed("POST, PUT"))
+        );
+        assert_eq!(
+            state(Method::POST, "/v1.0/state/s/k"),
+            (s("s"), StateOp::MethodNotAllowed("GET, DELETE"))
+        );
+        // The state API is answered locally even when a dapr-app-id header is present.
+        assert!(matches!(
+            classify(&Method::GET, "/v1.0/state/s/k", None, Some("b"), None),
+            ApiRoute::State(_)
+        ));
     }
 
     #[test]

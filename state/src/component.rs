@@ -1,0 +1,296 @@
+//! From a Dapr `Component` to a running store: the metadata each type reads, with errors that
+//! name the component and the field, and the key prefix every store shares.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outrigger_config::dapr::{Component, ComponentType};
+
+use crate::{memory, postgres, redis, StateStore};
+
+/// A state component ready to serve.
+pub struct OpenedStore {
+    pub store: Arc<dyn StateStore>,
+    pub key_prefix: KeyPrefix,
+    /// The component type and where it stores, for error messages (`state.redis at host:port`).
+    pub description: String,
+    /// What the store supports, as `/v1.0/metadata` lists it.
+    pub capabilities: &'static [&'static str],
+}
+
+impl std::fmt::Debug for OpenedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedStore")
+            .field("description", &self.description)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// How keys are namespaced in the backend: Dapr's `keyPrefix` metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPrefix {
+    /// `<prefix>||<key>`: the app id (the default), the component name, or a fixed string.
+    Fixed(String),
+    /// The key as given (`keyPrefix: none`), for data shared with non-Dapr clients.
+    None,
+}
+
+impl KeyPrefix {
+    /// The key as the backend stores it.
+    pub fn storage_key(&self, key: &str) -> String {
+        match self {
+            KeyPrefix::Fixed(prefix) => {
+                let mut out = String::with_capacity(prefix.len() + 2 + key.len());
+                out.push_str(prefix);
+                out.push_str("||");
+                out.push_str(key);
+                out
+            }
+            KeyPrefix::None => key.to_string(),
+        }
+    }
+}
+
+/// Opens the store a component describes, for the app `app_id`. Nothing is connected yet:
+/// the Redis and PostgreSQL stores connect on first use (and reconnect after a failure), so a
+/// backend that is down fails requests, not the sidecar's start or a configuration swap.
+pub fn open(component: &Component, app_id: &str) -> Result<OpenedStore, String> {
+    let metadata = Metadata::resolve(component)?;
+    let key_prefix = match metadata.get("keyPrefix").unwrap_or("appid") {
+        "appid" | "" => KeyPrefix::Fixed(app_id.to_string()),
+        "name" => KeyPrefix::Fixed(component.name().to_string()),
+        "none" => KeyPrefix::None,
+        custom if custom.contains("||") => {
+            return Err(metadata.invalid("keyPrefix", "must not contain \"||\""))
+        }
+        custom => KeyPrefix::Fixed(custom.to_string()),
+    };
+    let kind = component.spec.component_type;
+    let (store, description, capabilities): (Arc<dyn StateStore>, String, _) = match kind {
+        ComponentType::StateInMemory => (
+            Arc::new(memory::MemoryStore::new()),
+            kind.to_string(),
+            &["ETAG", "TRANSACTIONAL", "TTL"][..],
+        ),
+        ComponentType::StateRedis => {
+            let settings = redis::Settings::from_metadata(&metadata)?;
+            let description = format!("{kind} at {}", settings.host);
+            (
+                Arc::new(redis::RedisStore::new(settings)),
+                description,
+                &["ETAG", "TRANSACTIONAL", "TTL"][..],
+            )
+        }
+        ComponentType::StatePostgresql => {
+            let settings = postgres::Settings::from_metadata(&metadata)?;
+            let description = format!("{kind} table {}", settings.table);
+            (
+                Arc::new(postgres::PostgresStore::new(settings)),
+                description,
+                &["ETAG", "TRANSACTIONAL", "TTL"][..],
+            )
+        }
+        other => return Err(format!("{other} is not a state store")),
+    };
+    Ok(OpenedStore {
+        store,
+        key_prefix,
+        description,
+        capabilities,
+    })
+}
+
+/// A component's `spec.metadata` with `envRef`s resolved.
+pub(crate) struct Metadata {
+    component: String,
+    values: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    fn resolve(component: &Component) -> Result<Self, String> {
+        let mut values = BTreeMap::new();
+        for (i, item) in component.spec.metadata.iter().enumerate() {
+            let value = match (&item.value, &item.env_ref, &item.secret_key_ref) {
+                (Some(value), _, _) => value.clone(),
+                (None, Some(var), _) => std::env::var(var).map_err(|_| {
+                    format!(
+                        "component {:?}: spec.metadata[{i}] ({}): envRef {var:?} is not set in the sidecar's environment",
+                        component.name(),
+                        item.name
+                    )
+                })?,
+                (None, None, Some(secret)) => {
+                    return Err(format!(
+                        "component {:?}: spec.metadata[{i}] ({}): secretKeyRef {:?} needs a secret store, which Outrigger does not serve yet; use value or envRef",
+                        component.name(),
+                        item.name,
+                        secret.name
+                    ))
+                }
+                (None, None, None) => String::new(),
+            };
+            values.insert(item.name.clone(), value);
+        }
+        Ok(Metadata {
+            component: component.name().to_string(),
+            values,
+        })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    pub(crate) fn required(&self, name: &str, example: &str) -> Result<&str, String> {
+        match self.get(name) {
+            Some(v) if !v.trim().is_empty() => Ok(v.trim()),
+            _ => Err(self.invalid(name, &format!("is required, e.g. {example}"))),
+        }
+    }
+
+    pub(crate) fn invalid(&self, name: &str, what: &str) -> String {
+        format!(
+            "component {:?}: spec.metadata {name}: {what}",
+            self.component
+        )
+    }
+
+    pub(crate) fn bool(&self, name: &str) -> Result<bool, String> {
+        match self.get(name).map(str::trim) {
+            None | Some("") => Ok(false),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(self.invalid(name, &format!("{v:?} is not true or false"))),
+        }
+    }
+
+    pub(crate) fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
+        match self.get(name).map(str::trim) {
+            None | Some("") => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| self.invalid(name, &format!("{v:?} is not a whole number"))),
+        }
+    }
+
+    /// A duration as Dapr writes them: `5s`, `500ms`, `1m`, or bare seconds.
+    pub(crate) fn duration(&self, name: &str, default: Duration) -> Result<Duration, String> {
+        match self.get(name).map(str::trim) {
+            None | Some("") => Ok(default),
+            Some(v) => {
+                if let Ok(seconds) = v.parse::<u64>() {
+                    return Ok(Duration::from_secs(seconds));
+                }
+                outrigger_config::duration::parse(v).map_err(|e| self.invalid(name, &e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component(yaml: &str) -> Component {
+        serde_norway_free::parse(yaml)
+    }
+
+    /// Builds a component from `type` and `name=value` pairs without YAML.
+    mod serde_norway_free {
+        use outrigger_config::dapr::{
+            Component, ComponentSpec, ComponentType, MetadataItem, ObjectMeta,
+        };
+
+        pub(super) fn parse(spec: &str) -> Component {
+            let mut parts = spec.split_whitespace();
+            let kind = ComponentType::parse(parts.next().unwrap()).unwrap();
+            let metadata = parts
+                .map(|kv| {
+                    let (name, value) = kv.split_once('=').unwrap();
+                    MetadataItem {
+                        name: name.into(),
+                        value: Some(value.into()),
+                        secret_key_ref: None,
+                        env_ref: None,
+                    }
+                })
+                .collect();
+            Component {
+                metadata: ObjectMeta {
+                    name: "store".into(),
+                    ..Default::default()
+                },
+                spec: ComponentSpec {
+                    component_type: kind,
+                    version: "v1".into(),
+                    metadata,
+                    ignore_errors: false,
+                    init_timeout: None,
+                },
+                scopes: vec![],
+                auth: None,
+            }
+        }
+    }
+
+    #[test]
+    fn key_prefix_defaults_to_the_app_id_and_follows_metadata() {
+        let prefix = |spec: &str| open(&component(spec), "app").unwrap().key_prefix;
+        assert_eq!(prefix("state.in-memory").storage_key("k"), "app||k");
+        assert_eq!(
+            prefix("state.in-memory keyPrefix=name").storage_key("k"),
+            "store||k"
+        );
+        assert_eq!(
+            prefix("state.in-memory keyPrefix=none").storage_key("k"),
+            "k"
+        );
+        assert_eq!(
+            prefix("state.in-memory keyPrefix=shared").storage_key("k"),
+            "shared||k"
+        );
+        assert!(open(&component("state.in-memory keyPrefix=a||b"), "app").is_err());
+    }
+
+    #[test]
+    fn redis_metadata_errors_name_the_component_and_field() {
+        let err = open(&component("state.redis"), "app").unwrap_err();
+        assert_eq!(
+            err,
+            "component \"store\": spec.metadata redisHost: is required, e.g. localhost:6379"
+        );
+        let err = open(&component("state.redis redisHost=h:1 redisDB=x"), "app").unwrap_err();
+        assert_eq!(
+            err,
+            "component \"store\": spec.metadata redisDB: \"x\" is not a whole number"
+        );
+        let err = open(&component("state.redis redisHost=nocolon"), "app").unwrap_err();
+        assert!(
+            err.contains("redisHost: \"nocolon\" is not host:port"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn postgres_metadata_errors_name_the_component_and_field() {
+        let err = open(&component("state.postgresql"), "app").unwrap_err();
+        assert!(
+            err.starts_with("component \"store\": spec.metadata connectionString: is required"),
+            "{err}"
+        );
+        let err = open(
+            &component("state.postgresql connectionString=host=localhost tableName=bad;drop"),
+            "app",
+        )
+        .unwrap_err();
+        assert!(err.contains("tableName: \"bad;drop\""), "{err}");
+    }
+
+    #[test]
+    fn a_pubsub_component_is_not_a_state_store() {
+        let err = open(&component("pubsub.in-memory"), "app").unwrap_err();
+        assert_eq!(err, "pubsub.in-memory is not a state store");
+    }
+}
