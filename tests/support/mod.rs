@@ -3,6 +3,8 @@
 //! registry directory, so tests run in parallel without seeing each other.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod backends;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
