@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::backends::{PgDatabase, RedisServer};
-use support::{client, SidecarBuilder, SidecarProc};
+use support::{client, start_control, SidecarBuilder, SidecarProc};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
@@ -30,9 +30,16 @@ struct Store {
 
 impl Store {
     fn start(kind: Kind) -> Store {
+        Store::start_with(
+            kind,
+            (kind == Kind::Redis).then(|| RedisServer::start(false)),
+        )
+    }
+
+    fn start_with(kind: Kind, redis: Option<RedisServer>) -> Store {
         let store = Store {
             kind,
-            redis: (kind == Kind::Redis).then(|| RedisServer::start(false)),
+            redis,
             pg: (kind == Kind::Postgres).then(PgDatabase::create),
             resources: tempfile::tempdir().unwrap(),
             registry: tempfile::tempdir().unwrap(),
@@ -716,5 +723,272 @@ async fn postgres_creates_its_table_with_a_version_column() {
     assert_eq!(
         pg.query("SELECT key || ' ' || version FROM state"),
         format!("a||k {etag}")
+    );
+}
+
+/// Redis with `appendonly yes` and `appendfsync always`: every save answered 204 before Redis
+/// is killed (-9) is there after it restarts; while it is down, calls fail fast with a 500
+/// naming the store; and the sidecar reconnects by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_saves_survive_a_restart_and_an_outage_fails_fast_then_recovers() {
+    let store = Store::start_with(Kind::Redis, Some(RedisServer::start(true)));
+    let sidecar = store.sidecar("a");
+    let api = Api {
+        base: sidecar.url("/v1.0/state/mystore"),
+        // Longer than the component's dialTimeout + readTimeout (2 s + 2 s): a hang fails here.
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    };
+    for i in 0..200 {
+        let reply = api
+            .save(json!([{ "key": format!("k{i}"), "value": { "i": i } }]))
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    }
+
+    let mut redis = store.redis.expect("a redis store");
+    redis.kill();
+    let address = redis.address();
+    let message = api.get("k0").await.assert_error(500, "ERR_STATE_GET");
+    assert!(
+        message.starts_with("fail to get k0 from state store mystore: redis at "),
+        "{message}"
+    );
+    assert!(message.contains(&address), "{message}");
+    let message = api
+        .save(json!([{ "key": "during", "value": 1 }]))
+        .await
+        .assert_error(500, "ERR_STATE_SAVE");
+    assert!(
+        message.starts_with("failed saving state in state store mystore: redis at "),
+        "{message}"
+    );
+    api.delete("k1", None)
+        .await
+        .assert_error(500, "ERR_STATE_DELETE");
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = api.get("k0").await;
+        if got.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(got.status.as_u16(), 500, "{}", got.body);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recovered: {}",
+            got.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..200 {
+        let got = api.get(&format!("k{i}")).await;
+        assert_eq!(got.status, StatusCode::OK, "k{i} lost: {}", got.body);
+        assert_eq!(got.body, format!(r#"{{"i":{i}}}"#));
+    }
+    // Writes work again too, and the ETag sequence went on where it was.
+    let etag = api.put("after", json!(1)).await;
+    assert!(etag.parse::<u64>().unwrap() > 200, "{etag}");
+}
+
+fn redis_component(name: &str, metadata: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n"
+    );
+    for (k, v) in metadata {
+        yaml.push_str(&format!("  - name: {k}\n    value: \"{v}\"\n"));
+    }
+    yaml
+}
+
+async fn component_names(http: &reqwest::Client, sidecar: &SidecarProc) -> Vec<String> {
+    let body: Value = http
+        .get(sidecar.url("/v1.0/metadata"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<String> = body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Components pushed by the control plane: while one store is redefined ten times (between
+/// two Redis servers) and once refused (NACK naming the field), steady traffic to another
+/// store fails no request and that store — in memory — keeps its data, so it was never
+/// reopened.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_component_swaps_in_without_failing_requests_to_the_others() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let (r1, r2) = (RedisServer::start(false), RedisServer::start(false));
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("keep.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: keep\nspec:\n  type: state.in-memory\n  version: v1\n",
+    )
+    .unwrap();
+    let write_swap = |yaml: String| {
+        let tmp = config.path().join(".swap.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(tmp, config.path().join("swap.yaml")).unwrap();
+    };
+    write_swap(redis_component("swap", &[("redisHost", &r1.address())]));
+    let control = start_control(config.path());
+    let registry = tempfile::tempdir().unwrap();
+    let sidecar = SidecarBuilder::new("a", registry.path())
+        .arg("--no-discovery")
+        .arg("--control-plane")
+        .arg(&format!("http://{}", control.listen))
+        .start();
+    let http = client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while component_names(&http, &sidecar).await != ["keep", "swap"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "components never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let keep = Arc::new(Api {
+        base: sidecar.url("/v1.0/state/keep"),
+        http: client(),
+    });
+    keep.put("survivor", json!("still here")).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (keep, stop, ok, failed) = (keep.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = format!("w{w}");
+                    let saved = keep.save(json!([{ "key": key, "value": n }])).await;
+                    let got = keep.get(&key).await;
+                    if saved.status == StatusCode::NO_CONTENT && got.body == n.to_string() {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        eprintln!(
+                            "failed: save {} / get {} {}",
+                            saved.status, got.status, got.body
+                        );
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let swap = Api {
+        base: sidecar.url("/v1.0/state/swap"),
+        http: client(),
+    };
+    for round in 0..10 {
+        let target = if round % 2 == 0 { &r2 } else { &r1 };
+        write_swap(redis_component("swap", &[("redisHost", &target.address())]));
+        // The swap is in force once a save through `swap` lands in the new server.
+        let marker = format!("round{round}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let saved = swap.save(json!([{ "key": marker, "value": round }])).await;
+            assert_eq!(saved.status, StatusCode::NO_CONTENT, "{}", saved.body);
+            if target.cli(&["HGET", &format!("a||{marker}"), "data"]) == round.to_string() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round} never took effect"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // A definition the sidecar cannot open is refused; the last good one stays in force.
+    write_swap(redis_component("swap", &[("redisDB", "0")]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let nack = loop {
+        let sidecars: Value = http
+            .get(format!("http://{}/sidecars", control.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let nack = sidecars[0]["last_nack"].clone();
+        if !nack.is_null() {
+            break nack;
+        }
+        assert!(std::time::Instant::now() < deadline, "no NACK: {sidecars}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        nack["message"],
+        "component \"swap\": spec.metadata redisHost: is required, e.g. localhost:6379"
+    );
+    swap.put("after-nack", json!(1)).await;
+    assert_eq!(r1.cli(&["HGET", "a||after-nack", "data"]), "1");
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests to keep failed",
+        ok + failed
+    );
+    assert!(ok > 0);
+    assert_eq!(keep.get("survivor").await.body, r#""still here""#);
+    eprintln!("{ok} save+get pairs on keep during 10 swaps and a NACK, none failed");
+}
+
+#[test]
+fn a_component_the_sidecar_cannot_open_stops_it_at_start_naming_the_field() {
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(
+        resources.path().join("cache.yaml"),
+        redis_component(
+            "cache",
+            &[("redisHost", "localhost:6379"), ("redisDB", "zero")],
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::outrigger_bin())
+        .args(["sidecar", "--app-id", "a", "--no-discovery"])
+        .args([
+            "--dapr-http-port",
+            "0",
+            "--mesh-port",
+            "0",
+            "--admin-port",
+            "0",
+        ])
+        .arg("--resources-path")
+        .arg(resources.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("component \"cache\": spec.metadata redisDB: \"zero\" is not a whole number"),
+        "{stderr}"
     );
 }
