@@ -103,3 +103,38 @@ fn a_tiny_convergence_run_reports_every_size() {
         assert!(report.contains(size), "missing {size}:\n{report}");
     }
 }
+
+#[test]
+fn a_tiny_state_get_run_compares_the_sidecar_with_direct_redis() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(outrigger_bin())
+        .args([
+            "bench",
+            "--state-get",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+        ])
+        .args(["--repetitions", "2", "--body-bytes", "256", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let runs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("state-get.json")).unwrap()).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 4, "two repetitions of two paths: {runs:?}");
+    for run in runs {
+        assert!(run["requests"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(run["errors"], 0, "{run}");
+        assert!(run["p50_us"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    let report = std::fs::read_to_string(out.path().join("state-get.md")).unwrap();
+    assert!(report.contains("| ratio sidecar / direct |"), "{report}");
+}

@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// simulated sidecars (e.g. 10,100,1000) and write convergence.md
     #[arg(long, value_delimiter = ',', value_name = "N,N,…")]
     convergence: Vec<usize>,
+    /// Instead of the scenarios: measure a state GET through a sidecar (state.redis) against
+    /// a direct Redis HGET of the same item, and write state-get.md (--body-bytes sets the
+    /// value size)
+    #[arg(long)]
+    state_get: bool,
     /// Internal: serve the upstream app on this port and never return
     #[arg(long, hide = true)]
     serve_upstream: Option<u16>,
@@ -84,6 +89,9 @@ pub fn run(args: BenchArgs) -> ExitCode {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if !args.convergence.is_empty() {
         return convergence(&args);
+    }
+    if args.state_get {
+        return state_get(&args);
     }
     let mut scenarios = if args.scenarios.is_empty() {
         ScenarioName::ALL.to_vec()
@@ -217,6 +225,55 @@ fn convergence(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "outrigger bench: convergence report in {}",
         out.join("convergence.md").display()
+    );
+    Ok(())
+}
+
+fn state_get(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.repetitions >= 1, "--repetitions must be at least 1");
+    let cpus = cpu_count();
+    let pin = !args.no_pin && cpus >= 2;
+    if pin {
+        pin_current_thread(0);
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let out = args.out.canonicalize()?;
+    let work = out.join("work");
+    std::fs::create_dir_all(&work)?;
+    let exe = std::env::current_exe().context("finding the outrigger binary")?;
+    let settings = crate::state_get::Settings {
+        duration: args.duration,
+        warmup: args.warmup,
+        repetitions: args.repetitions,
+        server_cpu: pin.then_some(1),
+        value_bytes: args.body_bytes.max(2),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let runs = runtime.block_on(crate::state_get::measure(&exe, &work, &settings))?;
+    let command: Vec<String> = std::env::args().collect();
+    std::fs::write(
+        out.join("state-get.md"),
+        crate::state_get::markdown(&runs, &command.join(" "), &settings),
+    )?;
+    std::fs::write(
+        out.join("state-get.json"),
+        serde_json::to_vec_pretty(&runs)?,
+    )?;
+    let (s50, s99, d50, d99) = crate::state_get::medians(&runs);
+    println!(
+        "outrigger bench: state GET report in {}",
+        out.join("state-get.md").display()
+    );
+    println!("  direct Redis HGET    p50 {d50:.0} µs  p99 {d99:.0} µs");
+    println!("  through the sidecar  p50 {s50:.0} µs  p99 {s99:.0} µs");
+    println!(
+        "  ratio p50 {:.2}  p99 {:.2}  added p50 {:.0} µs",
+        s50 / d50.max(f64::MIN_POSITIVE),
+        s99 / d99.max(f64::MIN_POSITIVE),
+        s50 - d50
     );
     Ok(())
 }

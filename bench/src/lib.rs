@@ -12,4 +12,5 @@ mod procs;
 mod report;
 mod runner;
 mod scenario;
+mod state_get;
 mod upstream;
