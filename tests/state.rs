@@ -192,7 +192,9 @@ async fn save_then_get_returns_the_value_with_an_etag(kind: Kind) {
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert_eq!(reply.body, "");
 
-    let got = api.get("order").await;
+    let got = api
+        .get("order?consistency=strong&metadata.partitionKey=p")
+        .await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.body, r#"{"id":7,"items":["x"]}"#);
     assert_eq!(got.headers["content-type"], "application/json");
@@ -379,6 +381,21 @@ async fn a_transaction_applies_every_operation(kind: Kind) {
     assert_eq!(api.get("t1").await.body, r#""one""#);
     assert_eq!(api.get("t2").await.body, r#"{"n":2}"#);
     assert_eq!(api.get("gone").await.status, StatusCode::NO_CONTENT);
+
+    // The JS SDK sends nulls for what it leaves out.
+    let reply = api
+        .transaction(json!({
+            "operations": [{ "operation": "upsert", "request": { "key": "t3", "value": 3, "etag": null, "metadata": null, "options": null } }],
+            "metadata": null
+        }))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    let reply = api
+        .save(json!([{ "key": "t4", "value": 4, "etag": null, "metadata": { "ttlInSeconds": null }, "options": { "concurrency": null } }]))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    assert_eq!(api.get("t3").await.body, "3");
+    assert_eq!(api.get("t4").await.body, "4");
 }
 
 async fn a_transaction_rolls_back_on_an_etag_conflict(kind: Kind) {
@@ -521,6 +538,14 @@ async fn bad_input_gets_the_exact_4xx_and_writes_nothing(kind: Kind) {
     api.bulk(json!({ "nokeys": [] }))
         .await
         .assert_error(400, "ERR_MALFORMED_REQUEST");
+    let message = api
+        .get("k?consistency=sometimes")
+        .await
+        .assert_error(400, "ERR_MALFORMED_REQUEST");
+    assert_eq!(
+        message,
+        "query consistency: unknown consistency \"sometimes\"; expected \"strong\" or \"eventual\""
+    );
 
     // A 10 MB value is over the 4 MiB body limit.
     let big = format!(
@@ -991,4 +1016,19 @@ fn a_component_the_sidecar_cannot_open_stops_it_at_start_naming_the_field() {
             .contains("component \"cache\": spec.metadata redisDB: \"zero\" is not a whole number"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_with_no_state_store_answers_500_not_configured() {
+    let (resources, registry) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sidecar = SidecarBuilder::new("a", registry.path())
+        .arg("--resources-path")
+        .arg(resources.path().to_str().unwrap())
+        .start();
+    let api = Api::new(&sidecar);
+    let message = api
+        .get("k")
+        .await
+        .assert_error(500, "ERR_STATE_STORES_NOT_CONFIGURED");
+    assert_eq!(message, "state store is not configured");
 }

@@ -251,7 +251,7 @@ struct SaveItem {
     value: Option<Box<RawValue>>,
     #[serde(default)]
     etag: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     metadata: BTreeMap<String, Scalar>,
     #[serde(default)]
     options: Option<ItemOptions>,
@@ -271,16 +271,16 @@ struct BulkBody {
     #[serde(default)]
     #[allow(dead_code)] // Accepted as daprd does; every store here reads the keys in one call.
     parallelism: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     #[allow(dead_code)] // Accepted for compatibility; no store here reads bulk metadata.
     metadata: BTreeMap<String, Scalar>,
 }
 
 #[derive(Deserialize)]
 struct TransactionBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     operations: Vec<TransactionOperation>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     #[allow(dead_code)]
     // Accepted for compatibility; no store here reads transaction metadata.
     metadata: BTreeMap<String, Scalar>,
@@ -293,21 +293,33 @@ struct TransactionOperation {
     request: Option<SaveItem>,
 }
 
-/// Metadata values: Dapr's are strings, but clients send numbers and booleans too.
+/// The SDKs send `null` for an absent map or list (the JS SDK's `"metadata": null`).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Metadata values: Dapr's are strings, but clients send numbers, booleans and nulls too.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Scalar {
     Text(String),
     Number(serde_json::Number),
     Bool(bool),
+    Null,
 }
 
 impl Scalar {
-    fn text(&self) -> String {
+    /// The value as text; `None` for `null` (as if the entry were absent).
+    fn text(&self) -> Option<String> {
         match self {
-            Scalar::Text(t) => t.clone(),
-            Scalar::Number(n) => n.to_string(),
-            Scalar::Bool(b) => b.to_string(),
+            Scalar::Text(t) => Some(t.clone()),
+            Scalar::Number(n) => Some(n.to_string()),
+            Scalar::Bool(b) => Some(b.to_string()),
+            Scalar::Null => None,
         }
     }
 }
@@ -352,10 +364,8 @@ impl SaveItem {
         let concurrency = self.concurrency(at)?;
         let precondition = Precondition::from_request(self.etag.as_deref(), concurrency)
             .map_err(ItemError::Store)?;
-        let ttl = match self.metadata.get("ttlInSeconds") {
-            Some(ttl) => {
-                Ttl::parse(&ttl.text()).map_err(|e| ItemError::Malformed(format!("{at}.{e}")))?
-            }
+        let ttl = match self.metadata.get("ttlInSeconds").and_then(Scalar::text) {
+            Some(ttl) => Ttl::parse(&ttl).map_err(|e| ItemError::Malformed(format!("{at}.{e}")))?,
             None => Ttl::Never,
         };
         let value = match &self.value {
