@@ -306,7 +306,11 @@ async fn health_and_metadata_apis() {
     assert_eq!(metadata["id"], "b");
     assert_eq!(metadata["appConnectionProperties"]["port"], mesh.app_b.port);
     assert_eq!(metadata["appConnectionProperties"]["protocol"], "http");
-    assert_eq!(metadata["components"], serde_json::json!([]));
+    // With no resources directory, the embedded default state store.
+    assert_eq!(
+        metadata["components"],
+        serde_json::json!([{ "name": "statestore", "type": "state.in-memory", "version": "v1", "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"] }])
+    );
 
     let put = http
         .put(mesh.b.url("/v1.0/metadata/team"))
