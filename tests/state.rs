@@ -1032,3 +1032,35 @@ async fn a_sidecar_with_no_state_store_answers_500_not_configured() {
         .assert_error(500, "ERR_STATE_STORES_NOT_CONFIGURED");
     assert_eq!(message, "state store is not configured");
 }
+
+/// Pointed at a table of another shape (Dapr's own PostgreSQL v1 layout has no version
+/// column), the store answers 500 naming the table and the problem, and keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_on_a_table_of_another_shape_answers_500_naming_it() {
+    let store = Store::start(Kind::Postgres);
+    store.pg.as_ref().unwrap().query(
+        "CREATE TABLE state (key text PRIMARY KEY, value jsonb NOT NULL, isbinary boolean NOT NULL, \
+         insertdate timestamptz NOT NULL DEFAULT now(), updatedate timestamptz, expiredate timestamptz)",
+    );
+    let sidecar = store.sidecar("a");
+    let api = Api::new(&sidecar);
+    let message = api.get("k").await.assert_error(500, "ERR_STATE_GET");
+    assert!(
+        message.starts_with("fail to get k from state store mystore: postgresql table state: column \"version\" does not exist"),
+        "{message}"
+    );
+    let message = api
+        .save(json!([{ "key": "k", "value": 1 }]))
+        .await
+        .assert_error(500, "ERR_STATE_SAVE");
+    assert!(message.contains("postgresql table state"), "{message}");
+    assert_eq!(
+        client()
+            .get(sidecar.url("/v1.0/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+}

@@ -300,7 +300,7 @@ impl PostgresStore {
                     }
                 };
                 match row.map_err(|e| self.describe(&e))? {
-                    Some(row) => Ok(Some(row.get(0))),
+                    Some(row) => row.try_get(0).map(Some).map_err(|e| self.describe(&e)),
                     None => Err(stale(&s.precondition)),
                 }
             }
@@ -335,11 +335,19 @@ impl PostgresStore {
     }
 }
 
-fn entry(value: Vec<u8>, version: i64, expires_ms: Option<i64>) -> StateEntry {
-    StateEntry {
-        value: Bytes::from(value),
-        etag: version.to_string(),
-        expires_at: expires_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)),
+impl PostgresStore {
+    /// The item in `row` from column `at` on (value, version, expiry in ms). A table of
+    /// another shape (say, an older Dapr table of the same name) is an error, not a panic.
+    fn entry(&self, row: &tokio_postgres::Row, at: usize) -> Result<StateEntry, StateError> {
+        let columns = || -> Result<(Vec<u8>, i64, Option<i64>), tokio_postgres::Error> {
+            Ok((row.try_get(at)?, row.try_get(at + 1)?, row.try_get(at + 2)?))
+        };
+        let (value, version, expires_ms) = columns().map_err(|e| self.describe(&e))?;
+        Ok(StateEntry {
+            value: Bytes::from(value),
+            etag: version.to_string(),
+            expires_at: expires_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)),
+        })
     }
 }
 
@@ -356,7 +364,7 @@ impl StateStore for PostgresStore {
                 .query_opt(&statement, &[&key])
                 .await
                 .map_err(|e| self.describe(&e))?;
-            Ok(row.map(|row| entry(row.get(0), row.get(1), row.get(2))))
+            row.map(|row| self.entry(&row, 0)).transpose()
         })
         .await
     }
@@ -372,10 +380,11 @@ impl StateStore for PostgresStore {
                 .query(&statement, &[&keys])
                 .await
                 .map_err(|e| self.describe(&e))?;
-            let mut found: HashMap<String, StateEntry> = rows
-                .into_iter()
-                .map(|row| (row.get(0), entry(row.get(1), row.get(2), row.get(3))))
-                .collect();
+            let mut found = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let key: String = row.try_get(0).map_err(|e| self.describe(&e))?;
+                found.insert(key, self.entry(row, 1)?);
+            }
             Ok(keys.iter().map(|k| found.remove(k)).collect())
         })
         .await

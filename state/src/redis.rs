@@ -230,7 +230,12 @@ impl RedisStore {
         invocation.key(VERSION_COUNTER);
         let outcome: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
         if outcome < 0 {
-            let failed = &operations[(-outcome - 1) as usize];
+            let failed = usize::try_from(-outcome - 1)
+                .ok()
+                .and_then(|i| operations.get(i))
+                .ok_or_else(|| {
+                    StateError::backend(format!("unexpected reply from redis: {outcome}"))
+                })?;
             let precondition = match failed {
                 Operation::Set(s) => &s.precondition,
                 Operation::Delete(d) => &d.precondition,
