@@ -13,10 +13,15 @@ use outrigger_state::OpenedStore;
 /// One state store component as requests use it.
 #[derive(Debug)]
 pub(crate) struct StateComponent {
-    pub(crate) name: String,
     /// The definition it was opened from, to tell whether a new snapshot changed it.
     definition: Component,
     pub(crate) opened: OpenedStore,
+}
+
+impl StateComponent {
+    pub(crate) fn name(&self) -> &str {
+        self.definition.name()
+    }
 }
 
 /// The state stores a snapshot gives `app_id`, by component name: components scoped to other
@@ -45,7 +50,6 @@ pub(crate) fn open_state_stores(
                     }
                 })?;
                 Arc::new(StateComponent {
-                    name: name.to_string(),
                     definition: component.clone(),
                     opened,
                 })

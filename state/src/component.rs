@@ -9,22 +9,20 @@ use outrigger_config::dapr::{Component, ComponentType};
 
 use crate::{memory, postgres, redis, StateStore};
 
+/// What every store here supports, as `/v1.0/metadata` lists it.
+pub const CAPABILITIES: &[&str] = &["ETAG", "TRANSACTIONAL", "TTL"];
+
 /// A state component ready to serve.
 pub struct OpenedStore {
     pub store: Arc<dyn StateStore>,
     pub key_prefix: KeyPrefix,
-    /// The component type and where it stores, for error messages (`state.redis at host:port`).
-    pub description: String,
-    /// What the store supports, as `/v1.0/metadata` lists it.
-    pub capabilities: &'static [&'static str],
 }
 
 impl std::fmt::Debug for OpenedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenedStore")
-            .field("description", &self.description)
             .field("key_prefix", &self.key_prefix)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,39 +65,17 @@ pub fn open(component: &Component, app_id: &str) -> Result<OpenedStore, String> 
         }
         custom => KeyPrefix::Fixed(custom.to_string()),
     };
-    let kind = component.spec.component_type;
-    let (store, description, capabilities): (Arc<dyn StateStore>, String, _) = match kind {
-        ComponentType::StateInMemory => (
-            Arc::new(memory::MemoryStore::new()),
-            kind.to_string(),
-            &["ETAG", "TRANSACTIONAL", "TTL"][..],
-        ),
-        ComponentType::StateRedis => {
-            let settings = redis::Settings::from_metadata(&metadata)?;
-            let description = format!("{kind} at {}", settings.host);
-            (
-                Arc::new(redis::RedisStore::new(settings)),
-                description,
-                &["ETAG", "TRANSACTIONAL", "TTL"][..],
-            )
-        }
-        ComponentType::StatePostgresql => {
-            let settings = postgres::Settings::from_metadata(&metadata)?;
-            let description = format!("{kind} table {}", settings.table);
-            (
-                Arc::new(postgres::PostgresStore::new(settings)),
-                description,
-                &["ETAG", "TRANSACTIONAL", "TTL"][..],
-            )
-        }
+    let store: Arc<dyn StateStore> = match component.spec.component_type {
+        ComponentType::StateInMemory => Arc::new(memory::MemoryStore::new()),
+        ComponentType::StateRedis => Arc::new(redis::RedisStore::new(
+            redis::Settings::from_metadata(&metadata)?,
+        )),
+        ComponentType::StatePostgresql => Arc::new(postgres::PostgresStore::new(
+            postgres::Settings::from_metadata(&metadata)?,
+        )),
         other => return Err(format!("{other} is not a state store")),
     };
-    Ok(OpenedStore {
-        store,
-        key_prefix,
-        description,
-        capabilities,
-    })
+    Ok(OpenedStore { store, key_prefix })
 }
 
 /// A component's `spec.metadata` with `envRef`s resolved.
@@ -193,45 +169,36 @@ impl Metadata {
 mod tests {
     use super::*;
 
-    fn component(yaml: &str) -> Component {
-        serde_norway_free::parse(yaml)
-    }
-
-    /// Builds a component from `type` and `name=value` pairs without YAML.
-    mod serde_norway_free {
-        use outrigger_config::dapr::{
-            Component, ComponentSpec, ComponentType, MetadataItem, ObjectMeta,
-        };
-
-        pub(super) fn parse(spec: &str) -> Component {
-            let mut parts = spec.split_whitespace();
-            let kind = ComponentType::parse(parts.next().unwrap()).unwrap();
-            let metadata = parts
-                .map(|kv| {
-                    let (name, value) = kv.split_once('=').unwrap();
-                    MetadataItem {
-                        name: name.into(),
-                        value: Some(value.into()),
-                        secret_key_ref: None,
-                        env_ref: None,
-                    }
-                })
-                .collect();
-            Component {
-                metadata: ObjectMeta {
-                    name: "store".into(),
-                    ..Default::default()
-                },
-                spec: ComponentSpec {
-                    component_type: kind,
-                    version: "v1".into(),
-                    metadata,
-                    ignore_errors: false,
-                    init_timeout: None,
-                },
-                scopes: vec![],
-                auth: None,
-            }
+    /// A component named `store` from `"<type> name=value …"`.
+    fn component(spec: &str) -> Component {
+        use outrigger_config::dapr::{ComponentSpec, MetadataItem, ObjectMeta};
+        let mut parts = spec.split_whitespace();
+        let kind = ComponentType::parse(parts.next().unwrap()).unwrap();
+        let metadata = parts
+            .map(|kv| {
+                let (name, value) = kv.split_once('=').unwrap();
+                MetadataItem {
+                    name: name.into(),
+                    value: Some(value.into()),
+                    secret_key_ref: None,
+                    env_ref: None,
+                }
+            })
+            .collect();
+        Component {
+            metadata: ObjectMeta {
+                name: "store".into(),
+                ..Default::default()
+            },
+            spec: ComponentSpec {
+                component_type: kind,
+                version: "v1".into(),
+                metadata,
+                ignore_errors: false,
+                init_timeout: None,
+            },
+            scopes: vec![],
+            auth: None,
         }
     }
 

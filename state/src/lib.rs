@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use component::{open, KeyPrefix, OpenedStore};
+pub use component::{open, KeyPrefix, OpenedStore, CAPABILITIES};
 
 /// One stored item as a read returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +75,20 @@ impl Precondition {
             (_, Some(etag)) => parse_etag(etag).map(Precondition::Version),
             (Concurrency::FirstWrite, None) => Ok(Precondition::Absent),
             (Concurrency::Unspecified, None) => Ok(Precondition::None),
+        }
+    }
+
+    /// Passes when it holds for `key`, whose stored version is `current` (`None`: absent).
+    pub fn check(&self, key: &str, current: Option<u64>) -> Result<(), StateError> {
+        let holds = match self {
+            Precondition::None => true,
+            Precondition::Version(v) => current == Some(*v),
+            Precondition::Absent => current.is_none(),
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(StateError::mismatch(key, self))
         }
     }
 }
@@ -147,6 +161,13 @@ impl Operation {
         match self {
             Operation::Set(s) => &s.key,
             Operation::Delete(d) => &d.key,
+        }
+    }
+
+    pub fn precondition(&self) -> &Precondition {
+        match self {
+            Operation::Set(s) => &s.precondition,
+            Operation::Delete(d) => &d.precondition,
         }
     }
 }

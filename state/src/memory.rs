@@ -8,9 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::{
-    DeleteRequest, Operation, Precondition, SetRequest, StateEntry, StateError, StateStore, Ttl,
-};
+use crate::{DeleteRequest, Operation, SetRequest, StateEntry, StateError, StateStore, Ttl};
 
 /// Writes between sweeps of expired items (reads skip expired items whenever they happen).
 const SWEEP_EVERY: u32 = 1024;
@@ -55,25 +53,6 @@ impl Inner {
             .map(|item| item.version)
     }
 
-    fn check(
-        &self,
-        key: &str,
-        precondition: &Precondition,
-        now: SystemTime,
-    ) -> Result<(), StateError> {
-        let current = self.current(key, now);
-        let ok = match precondition {
-            Precondition::None => true,
-            Precondition::Version(v) => current == Some(*v),
-            Precondition::Absent => current.is_none(),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(StateError::mismatch(key, precondition))
-        }
-    }
-
     fn apply_set(&mut self, request: SetRequest, now: SystemTime) -> u64 {
         self.version += 1;
         let expires_at = match request.ttl {
@@ -116,14 +95,16 @@ impl StateStore for MemoryStore {
     async fn set(&self, request: SetRequest) -> Result<String, StateError> {
         let now = SystemTime::now();
         let mut inner = self.inner.lock();
-        inner.check(&request.key, &request.precondition, now)?;
+        let current = inner.current(&request.key, now);
+        request.precondition.check(&request.key, current)?;
         Ok(inner.apply_set(request, now).to_string())
     }
 
     async fn delete(&self, request: DeleteRequest) -> Result<(), StateError> {
         let now = SystemTime::now();
         let mut inner = self.inner.lock();
-        inner.check(&request.key, &request.precondition, now)?;
+        let current = inner.current(&request.key, now);
+        request.precondition.check(&request.key, current)?;
         inner.items.remove(&request.key);
         Ok(())
     }
@@ -136,22 +117,12 @@ impl StateStore for MemoryStore {
         let mut planned: HashMap<&str, Option<u64>> = HashMap::new();
         let mut next_version = inner.version;
         for op in &operations {
-            let (key, precondition) = match op {
-                Operation::Set(s) => (s.key.as_str(), &s.precondition),
-                Operation::Delete(d) => (d.key.as_str(), &d.precondition),
-            };
+            let key = op.key();
             let current = match planned.get(key) {
                 Some(v) => *v,
                 None => inner.current(key, now),
             };
-            let ok = match precondition {
-                Precondition::None => true,
-                Precondition::Version(v) => current == Some(*v),
-                Precondition::Absent => current.is_none(),
-            };
-            if !ok {
-                return Err(StateError::mismatch(key, precondition));
-            }
+            op.precondition().check(key, current)?;
             let after = match op {
                 Operation::Set(_) => {
                     next_version += 1;
@@ -178,6 +149,7 @@ impl StateStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Precondition;
     use std::time::Duration;
 
     fn set(key: &str, value: &str, precondition: Precondition) -> SetRequest {

@@ -265,6 +265,17 @@ impl PostgresStore {
             })
     }
 
+    async fn statement(
+        &self,
+        client: &impl GenericClient,
+        sql: &str,
+    ) -> Result<tokio_postgres::Statement, StateError> {
+        client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.describe(&e))
+    }
+
     /// One operation on `client` (a connection or an open transaction).
     /// Returns the new version of a saved item.
     async fn apply(
@@ -272,70 +283,56 @@ impl PostgresStore {
         client: &impl GenericClient,
         op: &Operation,
     ) -> Result<Option<i64>, StateError> {
-        let stale = |precondition: &Precondition| StateError::mismatch(op.key(), precondition);
+        let mismatch = || StateError::mismatch(op.key(), op.precondition());
+        let pg = |e: tokio_postgres::Error| self.describe(&e);
+        // A version beyond i64 was never handed out, so it cannot match.
+        let version = match op.precondition() {
+            Precondition::Version(v) => Some(i64::try_from(*v).map_err(|_| mismatch())?),
+            Precondition::None | Precondition::Absent => None,
+        };
         match op {
             Operation::Set(s) => {
-                let ttl = s.ttl.millis() as i64;
-                let value: &[u8] = &s.value;
-                let row = match &s.precondition {
-                    Precondition::None => {
-                        let statement = client.prepare_cached(&self.sql.upsert).await;
-                        let statement = statement.map_err(|e| self.describe(&e))?;
-                        client.query_opt(&statement, &[&s.key, &value, &ttl]).await
-                    }
-                    Precondition::Absent => {
-                        let statement = client.prepare_cached(&self.sql.insert_absent).await;
-                        let statement = statement.map_err(|e| self.describe(&e))?;
-                        client.query_opt(&statement, &[&s.key, &value, &ttl]).await
-                    }
-                    Precondition::Version(v) => {
-                        let Ok(version) = i64::try_from(*v) else {
-                            return Err(stale(&s.precondition));
-                        };
-                        let statement = client.prepare_cached(&self.sql.update_version).await;
-                        let statement = statement.map_err(|e| self.describe(&e))?;
+                let (value, ttl): (&[u8], i64) = (&s.value, s.ttl.millis() as i64);
+                let row = match version {
+                    Some(version) => {
+                        let statement = self.statement(client, &self.sql.update_version).await?;
                         client
                             .query_opt(&statement, &[&s.key, &value, &ttl, &version])
                             .await
                     }
+                    None => {
+                        let sql = match s.precondition {
+                            Precondition::Absent => &self.sql.insert_absent,
+                            _ => &self.sql.upsert,
+                        };
+                        let statement = self.statement(client, sql).await?;
+                        client.query_opt(&statement, &[&s.key, &value, &ttl]).await
+                    }
                 };
-                match row.map_err(|e| self.describe(&e))? {
-                    Some(row) => row.try_get(0).map(Some).map_err(|e| self.describe(&e)),
-                    None => Err(stale(&s.precondition)),
+                let row = row.map_err(pg)?.ok_or_else(mismatch)?;
+                row.try_get(0).map(Some).map_err(pg)
+            }
+            Operation::Delete(d) => {
+                let deleted = match version {
+                    Some(version) => {
+                        let statement = self.statement(client, &self.sql.delete_version).await?;
+                        client.execute(&statement, &[&d.key, &version]).await
+                    }
+                    // Deleting a missing key without an ETag is fine.
+                    None => {
+                        let statement = self.statement(client, &self.sql.delete).await?;
+                        client.execute(&statement, &[&d.key]).await.map(|_| 1)
+                    }
+                };
+                if deleted.map_err(pg)? == 1 {
+                    Ok(None)
+                } else {
+                    Err(mismatch())
                 }
             }
-            Operation::Delete(d) => match &d.precondition {
-                Precondition::Version(v) => {
-                    let Ok(version) = i64::try_from(*v) else {
-                        return Err(stale(&d.precondition));
-                    };
-                    let statement = client.prepare_cached(&self.sql.delete_version).await;
-                    let statement = statement.map_err(|e| self.describe(&e))?;
-                    let deleted = client
-                        .execute(&statement, &[&d.key, &version])
-                        .await
-                        .map_err(|e| self.describe(&e))?;
-                    if deleted == 1 {
-                        Ok(None)
-                    } else {
-                        Err(stale(&d.precondition))
-                    }
-                }
-                Precondition::None | Precondition::Absent => {
-                    let statement = client.prepare_cached(&self.sql.delete).await;
-                    let statement = statement.map_err(|e| self.describe(&e))?;
-                    client
-                        .execute(&statement, &[&d.key])
-                        .await
-                        .map_err(|e| self.describe(&e))?;
-                    Ok(None)
-                }
-            },
         }
     }
-}
 
-impl PostgresStore {
     /// The item in `row` from column `at` on (value, version, expiry in ms). A table of
     /// another shape (say, an older Dapr table of the same name) is an error, not a panic.
     fn entry(&self, row: &tokio_postgres::Row, at: usize) -> Result<StateEntry, StateError> {
@@ -356,10 +353,7 @@ impl StateStore for PostgresStore {
     async fn get(&self, key: &str) -> Result<Option<StateEntry>, StateError> {
         self.bounded(async {
             let client = self.client().await?;
-            let statement = client
-                .prepare_cached(&self.sql.get)
-                .await
-                .map_err(|e| self.describe(&e))?;
+            let statement = self.statement(&client, &self.sql.get).await?;
             let row = client
                 .query_opt(&statement, &[&key])
                 .await
@@ -372,10 +366,7 @@ impl StateStore for PostgresStore {
     async fn bulk_get(&self, keys: &[String]) -> Result<Vec<Option<StateEntry>>, StateError> {
         self.bounded(async {
             let client = self.client().await?;
-            let statement = client
-                .prepare_cached(&self.sql.bulk_get)
-                .await
-                .map_err(|e| self.describe(&e))?;
+            let statement = self.statement(&client, &self.sql.bulk_get).await?;
             let rows = client
                 .query(&statement, &[&keys])
                 .await

@@ -211,11 +211,11 @@ impl RedisStore {
         let mut invocation = self.apply.prepare_invoke();
         for op in operations {
             invocation.key(op.key());
-            let (kind, precondition, data, ttl) = match op {
-                Operation::Set(s) => ("s", &s.precondition, &s.value[..], s.ttl.millis()),
-                Operation::Delete(d) => ("d", &d.precondition, &b""[..], 0),
+            let (kind, data, ttl) = match op {
+                Operation::Set(s) => ("s", &s.value[..], s.ttl.millis()),
+                Operation::Delete(_) => ("d", &b""[..], 0),
             };
-            let (check, version) = match precondition {
+            let (check, version) = match op.precondition() {
                 Precondition::None => ("n", 0),
                 Precondition::Version(v) => ("v", *v),
                 Precondition::Absent => ("a", 0),
@@ -236,11 +236,7 @@ impl RedisStore {
                 .ok_or_else(|| {
                     StateError::backend(format!("unexpected reply from redis: {outcome}"))
                 })?;
-            let precondition = match failed {
-                Operation::Set(s) => &s.precondition,
-                Operation::Delete(d) => &d.precondition,
-            };
-            return Err(StateError::mismatch(failed.key(), precondition));
+            return Err(StateError::mismatch(failed.key(), failed.precondition()));
         }
         Ok(outcome.to_string())
     }

@@ -17,10 +17,11 @@ pub(super) fn render(sidecar: &Sidecar) -> Bytes {
         .values()
         .filter(|c| in_scope(c, &sidecar.options.app_id))
         .map(|c| {
-            let capabilities = active
-                .state_stores
-                .get(c.name())
-                .map_or(&[][..], |s| s.opened.capabilities);
+            let capabilities = if active.state_stores.contains_key(c.name()) {
+                outrigger_state::CAPABILITIES
+            } else {
+                &[]
+            };
             json!({
                 "name": c.name(),
                 "type": c.spec.component_type.as_str(),

@@ -224,22 +224,7 @@ impl Answer {
         match self {
             Answer::NoContent => errors::send_no_content(session).await,
             Answer::Json(body) => errors::send_json(session, body).await,
-            Answer::State(entry) => {
-                let (is_json, expiry) = state::found_headers(&entry);
-                let content_type = if is_json {
-                    "application/json"
-                } else {
-                    "application/octet-stream"
-                };
-                let mut headers = vec![
-                    ("content-type", content_type),
-                    ("etag", entry.etag.as_str()),
-                ];
-                if let Some(expiry) = &expiry {
-                    headers.push(("metadata.ttlexpiretime", expiry.as_str()));
-                }
-                errors::send_body(session, &headers, entry.value.clone()).await
-            }
+            Answer::State(entry) => state::send_found(session, entry).await,
         }
     }
 }

@@ -13,13 +13,14 @@ use bytes::Bytes;
 use outrigger_state::{
     Concurrency, DeleteRequest, Operation, Precondition, SetRequest, StateEntry, StateError, Ttl,
 };
+use pingora::proxy::Session;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::target::{StateCall, StateOp};
 use super::Answer;
 use crate::components::StateComponent;
-use crate::errors::{ApiError, ERR_MALFORMED_REQUEST};
+use crate::errors::{self, ApiError, ERR_MALFORMED_REQUEST};
 use crate::sidecar::Sidecar;
 
 const ERR_STATE_GET: &str = "ERR_STATE_GET";
@@ -78,29 +79,26 @@ pub(super) async fn serve(
         StateOp::Delete(key) => {
             let key = decode_key(&key)?;
             let concurrency = Concurrency::parse(&query.concurrency).map_err(malformed)?;
-            let precondition = delete_precondition(request.if_match, concurrency)
-                .map_err(|e| state_error(e, ERR_STATE_DELETE, delete_context(store, &key)))?;
+            let precondition = delete_precondition(request.if_match, concurrency).map_err(|e| {
+                state_error(store, e, ERR_STATE_DELETE, delete_context(store, &key))
+            })?;
             let delete = DeleteRequest {
                 key: store.opened.key_prefix.storage_key(&key),
                 precondition,
             };
             store.opened.store.delete(delete).await.map_err(|e| {
-                state_error(
-                    user_key(e, store),
-                    ERR_STATE_DELETE,
-                    delete_context(store, &key),
-                )
+                state_error(store, e, ERR_STATE_DELETE, delete_context(store, &key))
             })?;
             Ok(Answer::NoContent)
         }
         StateOp::Save => {
             let items: Vec<SaveItem> = parse_json(&body)?;
-            let context = || format!("failed saving state in state store {}", store.name);
+            let context = || format!("failed saving state in state store {}", store.name());
             let mut requests = Vec::with_capacity(items.len());
             for (i, item) in items.into_iter().enumerate() {
                 requests.push(
                     item.into_set(store, &format!("[{i}]"))
-                        .map_err(|e| e.into_api(ERR_STATE_SAVE, context()))?,
+                        .map_err(|e| e.into_api(store, ERR_STATE_SAVE, context()))?,
                 );
             }
             for request in requests {
@@ -109,7 +107,7 @@ pub(super) async fn serve(
                     .store
                     .set(request)
                     .await
-                    .map_err(|e| state_error(user_key(e, store), ERR_STATE_SAVE, context()))?;
+                    .map_err(|e| state_error(store, e, ERR_STATE_SAVE, context()))?;
             }
             Ok(Answer::NoContent)
         }
@@ -119,7 +117,7 @@ pub(super) async fn serve(
             let context = || {
                 format!(
                     "error while executing state transaction in state store {}",
-                    store.name
+                    store.name()
                 )
             };
             let mut operations = Vec::with_capacity(tx.operations.len());
@@ -141,15 +139,16 @@ pub(super) async fn serve(
                         ))
                     }
                 };
-                operations
-                    .push(operation.map_err(|e| e.into_api(ERR_STATE_TRANSACTION, context()))?);
+                operations.push(
+                    operation.map_err(|e| e.into_api(store, ERR_STATE_TRANSACTION, context()))?,
+                );
             }
             store
                 .opened
                 .store
                 .transact(operations)
                 .await
-                .map_err(|e| state_error(user_key(e, store), ERR_STATE_TRANSACTION, context()))?;
+                .map_err(|e| state_error(store, e, ERR_STATE_TRANSACTION, context()))?;
             Ok(Answer::NoContent)
         }
         StateOp::MethodNotAllowed(allowed) => Err(ApiError::new(
@@ -168,9 +167,10 @@ async fn get(store: &StateComponent, key: &str) -> Result<Answer, ApiError> {
         .await
         .map_err(|e| {
             state_error(
+                store,
                 e,
                 ERR_STATE_GET,
-                format!("fail to get {key} from state store {}", store.name),
+                format!("fail to get {key} from state store {}", store.name()),
             )
         })?;
     Ok(match entry {
@@ -195,11 +195,12 @@ async fn bulk_get(store: &StateComponent, body: BulkBody) -> Result<Answer, ApiE
         .await
         .map_err(|e| {
             state_error(
+                store,
                 e,
                 ERR_STATE_BULK_GET,
                 format!(
                     "failed getting state in bulk from state store {}",
-                    store.name
+                    store.name()
                 ),
             )
         })?;
@@ -232,13 +233,28 @@ fn json_or_text(value: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(value).into_owned()))
 }
 
-/// The value of a found item, for `GET`: the bytes as saved, the ETag, and the expiry.
-pub(super) fn found_headers(entry: &StateEntry) -> (bool, Option<String>) {
-    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&entry.value).is_ok();
+/// Answers a `GET` of a found item: the bytes as saved, the ETag, and the expiry.
+pub(super) async fn send_found(session: &mut Session, entry: StateEntry) -> pingora::Result<()> {
+    let content_type = match serde_json::from_slice::<serde::de::IgnoredAny>(&entry.value) {
+        Ok(_) => "application/json",
+        Err(_) => "application/octet-stream",
+    };
     let expiry = entry
         .expires_at
         .map(|at| humantime::format_rfc3339_seconds(at).to_string());
-    (is_json, expiry)
+    let mut headers = [
+        ("content-type", content_type),
+        ("etag", entry.etag.as_str()),
+        ("metadata.ttlexpiretime", ""),
+    ];
+    let count = match &expiry {
+        Some(expiry) => {
+            headers[2].1 = expiry.as_str();
+            3
+        }
+        None => 2,
+    };
+    errors::send_body(session, &headers[..count], entry.value).await
 }
 
 // === request bodies ===
@@ -257,7 +273,7 @@ struct SaveItem {
     options: Option<ItemOptions>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct ItemOptions {
     #[serde(default)]
     concurrency: Option<String>,
@@ -331,10 +347,10 @@ enum ItemError {
 }
 
 impl ItemError {
-    fn into_api(self, code: &'static str, context: String) -> ApiError {
+    fn into_api(self, store: &StateComponent, code: &'static str, context: String) -> ApiError {
         match self {
             ItemError::Malformed(message) => malformed(message),
-            ItemError::Store(e) => state_error(e, code, context),
+            ItemError::Store(e) => state_error(store, e, code, context),
         }
     }
 }
@@ -487,28 +503,26 @@ fn malformed(message: impl Into<String>) -> ApiError {
 fn delete_context(store: &StateComponent, key: &str) -> String {
     format!(
         "failed deleting state with key {key} in state store {}",
-        store.name
+        store.name()
     )
 }
 
-/// A store error names the key as the backend stores it; the app knows it without the prefix.
-fn user_key(e: StateError, store: &StateComponent) -> StateError {
-    match e {
+/// 409 for an ETag mismatch, 400 for an invalid ETag, 500 for a backend failure. A mismatch
+/// names the key as the app knows it, without the backend's prefix.
+fn state_error(
+    store: &StateComponent,
+    e: StateError,
+    code: &'static str,
+    context: String,
+) -> ApiError {
+    let (status, e) = match e {
         StateError::EtagMismatch { key, detail } => {
             let prefix = store.opened.key_prefix.storage_key("");
             let key = key.strip_prefix(&prefix).map(str::to_string).unwrap_or(key);
-            StateError::EtagMismatch { key, detail }
+            (409, StateError::EtagMismatch { key, detail })
         }
-        other => other,
-    }
-}
-
-/// 409 for an ETag mismatch, 400 for an invalid ETag, 500 for a backend failure.
-fn state_error(e: StateError, code: &'static str, context: String) -> ApiError {
-    let status = match e {
-        StateError::EtagMismatch { .. } => 409,
-        StateError::InvalidEtag { .. } => 400,
-        StateError::Backend(_) => 500,
+        e @ StateError::InvalidEtag { .. } => (400, e),
+        e @ StateError::Backend(_) => (500, e),
     };
     ApiError::new(status, code, format!("{context}: {e}"))
 }
