@@ -1,6 +1,6 @@
 //! `outrigger bench [SCENARIO…] --out DIR`: start everything, run the plan, write the report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -110,20 +110,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "--rates must be positive"
     );
 
-    // The load generator gets core 0, every server core 1: they then compete only with their
-    // own kind, which keeps runs comparable on a small shared machine.
-    let cpus = cpu_count(); // before pinning, which narrows what this process sees
-    let pin = !args.no_pin && cpus >= 2;
-    let server_cpu = pin.then_some(1);
-    if pin {
-        pin_current_thread(0);
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let out = args.out.canonicalize()?;
-    let work = out.join("work");
-    std::fs::create_dir_all(&work)?;
-    let exe = std::env::current_exe().context("finding the outrigger binary")?;
+    let (cpus, server_cpu) = pin_generator(&args);
+    let OutputDirs { out, work, exe } = OutputDirs::create(&args.out)?;
 
     let topology = Topology::start(&scenarios, &exe, &work, server_cpu, args.body_bytes)?;
     let settings = Settings {
@@ -143,7 +131,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let summaries = report::summarise(&results);
     let headline = report::headline(&summaries);
-    let context = context_text(&args, pin, cpus);
+    let context = context_text(&args, server_cpu.is_some(), cpus);
     std::fs::write(
         out.join("report.md"),
         report::markdown(&summaries, &headline, &context),
@@ -163,6 +151,37 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("  {line}");
     }
     Ok(())
+}
+
+/// The report directory (created), its `work` subdirectory and this binary.
+struct OutputDirs {
+    out: PathBuf,
+    work: PathBuf,
+    exe: PathBuf,
+}
+
+impl OutputDirs {
+    fn create(out: &Path) -> anyhow::Result<OutputDirs> {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let out = out.canonicalize()?;
+        let work = out.join("work");
+        std::fs::create_dir_all(&work)?;
+        let exe = std::env::current_exe().context("finding the outrigger binary")?;
+        Ok(OutputDirs { out, work, exe })
+    }
+}
+
+/// Pins this process (the load generator) to core 0 unless `--no-pin` or one core; servers
+/// then go on core 1 and compete only with their own kind, which keeps runs comparable on a
+/// small shared machine. Returns the CPU count (read before pinning narrows it) and the
+/// servers' core.
+fn pin_generator(args: &BenchArgs) -> (usize, Option<usize>) {
+    let cpus = cpu_count();
+    let pin = !args.no_pin && cpus >= 2;
+    if pin {
+        pin_current_thread(0);
+    }
+    (cpus, pin.then_some(1))
 }
 
 fn context_text(args: &BenchArgs, pinned: bool, cpus: usize) -> String {
@@ -198,12 +217,7 @@ fn convergence(args: &BenchArgs) -> anyhow::Result<()> {
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let out = args.out.canonicalize()?;
-    let work = out.join("work");
-    std::fs::create_dir_all(&work)?;
-    let exe = std::env::current_exe().context("finding the outrigger binary")?;
+    let OutputDirs { out, work, exe } = OutputDirs::create(&args.out)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -231,22 +245,13 @@ fn convergence(args: &BenchArgs) -> anyhow::Result<()> {
 
 fn state_get(args: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.repetitions >= 1, "--repetitions must be at least 1");
-    let cpus = cpu_count();
-    let pin = !args.no_pin && cpus >= 2;
-    if pin {
-        pin_current_thread(0);
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let out = args.out.canonicalize()?;
-    let work = out.join("work");
-    std::fs::create_dir_all(&work)?;
-    let exe = std::env::current_exe().context("finding the outrigger binary")?;
+    let (_, server_cpu) = pin_generator(args);
+    let OutputDirs { out, work, exe } = OutputDirs::create(&args.out)?;
     let settings = crate::state_get::Settings {
         duration: args.duration,
         warmup: args.warmup,
         repetitions: args.repetitions,
-        server_cpu: pin.then_some(1),
+        server_cpu,
         value_bytes: args.body_bytes.max(2),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
