@@ -72,14 +72,7 @@ async fn until_served_by(http: &reqwest::Client, a: &SidecarProc, app: &str) {
 }
 
 async fn sidecar_a(control: &ControlProc) -> Value {
-    let sidecars: Value = client()
-        .get(format!("http://{}/sidecars", control.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sidecars: Value = support::get_json(format!("http://{}/sidecars", control.admin)).await;
     sidecars
         .as_array()
         .unwrap()
@@ -270,14 +263,7 @@ async fn a_new_instance_registered_with_the_control_plane_gets_traffic_and_leave
     for _ in 0..50 {
         assert_eq!(served_by(&http, &a).await, "b-1");
     }
-    let sidecars: Value = http
-        .get(format!("http://{}/sidecars", control.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sidecars: Value = support::get_json(format!("http://{}/sidecars", control.admin)).await;
     let bs = sidecars
         .as_array()
         .unwrap()

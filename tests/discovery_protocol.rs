@@ -27,14 +27,7 @@ fn request(type_url: &str, version: &str, nonce: &str) -> DiscoveryRequest {
 }
 
 async fn acked(admin: std::net::SocketAddr) -> Value {
-    let sidecars: Value = client()
-        .get(format!("http://{admin}/sidecars"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sidecars: Value = support::get_json(format!("http://{admin}/sidecars")).await;
     sidecars[0]["acked"].clone()
 }
 

@@ -295,14 +295,7 @@ async fn health_and_metadata_apis() {
     let healthz = http.get(mesh.b.url("/v1.0/healthz")).send().await.unwrap();
     assert_eq!(healthz.status(), 204);
     assert_eq!(healthz.content_length(), Some(0));
-    let metadata: Value = http
-        .get(mesh.b.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metadata: Value = support::get_json(mesh.b.url("/v1.0/metadata")).await;
     assert_eq!(metadata["id"], "b");
     assert_eq!(metadata["appConnectionProperties"]["port"], mesh.app_b.port);
     assert_eq!(metadata["appConnectionProperties"]["protocol"], "http");
@@ -319,14 +312,7 @@ async fn health_and_metadata_apis() {
         .await
         .unwrap();
     assert_eq!(put.status(), 204);
-    let metadata: Value = http
-        .get(mesh.b.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metadata: Value = support::get_json(mesh.b.url("/v1.0/metadata")).await;
     assert_eq!(metadata["extended"]["team"], "payments");
 }
 
@@ -389,14 +375,7 @@ async fn static_cluster_from_mesh_yaml_needs_no_discovery() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-echo-app"], "b-static");
-    let dump: Value = client()
-        .get(a.admin_url("/config_dump"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dump: Value = support::get_json(a.admin_url("/config_dump")).await;
     assert_eq!(
         dump["snapshot"]["clusters"]["b"]["endpoints"][0]["address"],
         format!("127.0.0.1:{}", b.mesh.port())
@@ -471,14 +450,7 @@ async fn admin_listener_reports_readiness_and_metrics_by_direction_app_and_statu
         ),
         "{inbound}"
     );
-    let dump: Value = http
-        .get(mesh.a.admin_url("/config_dump"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dump: Value = support::get_json(mesh.a.admin_url("/config_dump")).await;
     assert_eq!(dump["app_id"], "a");
     assert!(dump["snapshot"]["version"].is_string());
 }

@@ -147,14 +147,7 @@ async fn a_rule_timeout_answers_504_naming_the_app_and_the_limit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_config_dump_shows_the_route_rules() {
     let canary = start_canary();
-    let dump: Value = client()
-        .get(canary.a.admin_url("/config_dump"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dump: Value = support::get_json(canary.a.admin_url("/config_dump")).await;
     let rules = &dump["snapshot"]["routes"]["b"]["rules"];
     assert_eq!(rules.as_array().unwrap().len(), 4, "{rules}");
     assert_eq!(rules[2]["timeout"], "300ms");

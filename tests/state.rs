@@ -627,14 +627,7 @@ async fn concurrent_increments_lose_no_update(kind: Kind) {
 async fn metadata_lists_the_store_with_its_capabilities(kind: Kind) {
     let store = Store::start(kind);
     let sidecar = store.sidecar("a");
-    let body: Value = client()
-        .get(sidecar.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = support::get_json(sidecar.url("/v1.0/metadata")).await;
     let expected_type = match kind {
         Kind::Memory => "state.in-memory",
         Kind::Redis => "state.redis",
@@ -829,15 +822,8 @@ fn redis_component(name: &str, metadata: &[(&str, &str)]) -> String {
     yaml
 }
 
-async fn component_names(http: &reqwest::Client, sidecar: &SidecarProc) -> Vec<String> {
-    let body: Value = http
-        .get(sidecar.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+async fn component_names(sidecar: &SidecarProc) -> Vec<String> {
+    let body: Value = support::get_json(sidecar.url("/v1.0/metadata")).await;
     let mut names: Vec<String> = body["components"]
         .as_array()
         .unwrap()
@@ -877,9 +863,8 @@ async fn a_changed_component_swaps_in_without_failing_requests_to_the_others() {
         .arg("--control-plane")
         .arg(&format!("http://{}", control.listen))
         .start();
-    let http = client();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while component_names(&http, &sidecar).await != ["keep", "swap"] {
+    while component_names(&sidecar).await != ["keep", "swap"] {
         assert!(
             std::time::Instant::now() < deadline,
             "components never arrived"
@@ -946,14 +931,7 @@ async fn a_changed_component_swaps_in_without_failing_requests_to_the_others() {
     write_swap(redis_component("swap", &[("redisDB", "0")]));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let nack = loop {
-        let sidecars: Value = http
-            .get(format!("http://{}/sidecars", control.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let sidecars: Value = support::get_json(format!("http://{}/sidecars", control.admin)).await;
         let nack = sidecars[0]["last_nack"].clone();
         if !nack.is_null() {
             break nack;
@@ -995,20 +973,11 @@ fn a_component_the_sidecar_cannot_open_stops_it_at_start_naming_the_field() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(support::outrigger_bin())
-        .args(["sidecar", "--app-id", "a", "--no-discovery"])
-        .args([
-            "--dapr-http-port",
-            "0",
-            "--mesh-port",
-            "0",
-            "--admin-port",
-            "0",
-        ])
+    let registry = tempfile::tempdir().unwrap();
+    let mut sidecar = SidecarBuilder::new("a", registry.path())
         .arg("--resources-path")
-        .arg(resources.path())
-        .output()
-        .unwrap();
+        .arg(resources.path().to_str().unwrap());
+    let out = sidecar.command.output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -280,6 +280,20 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// `GET url` and its JSON body (panics on any failure: for tests).
+pub async fn get_json(url: impl AsRef<str>) -> serde_json::Value {
+    let url = url.as_ref();
+    let response = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
 /// Sends raw bytes on a new connection and reads until the server closes it (or 10 s pass).
 /// Returns the bytes read and whether the server closed the connection.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, bool) {
