@@ -142,7 +142,7 @@ struct CommonArgs {
     /// Sent to the app in header dapr-api-token
     #[arg(long, env = "APP_API_TOKEN", hide_env_values = true)]
     app_api_token: Option<String>,
-    /// Log filter, e.g. `info` or `debug,pingora_core=info` (RUST_LOG also works)
+    /// Log filter, e.g. `info` or `debug,outrigger_proxy=trace` (RUST_LOG also works)
     #[arg(long, default_value = "info")]
     log_level: String,
 }
@@ -289,13 +289,7 @@ fn free_or_default(host: IpAddr, explicit: Option<u16>, default: u16) -> u16 {
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        // pingora's connector logs a benign pool race ("failed to acquire reusable stream") at
-        // error level under load; connect failures that matter reach our own error responses.
-        .or_else(|_| {
-            EnvFilter::try_new(format!(
-                "{level},pingora_core=warn,pingora_proxy=warn,pingora_core::connectors=off"
-            ))
-        })
+        .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()

@@ -17,7 +17,7 @@ use outrigger_proto::mesh::v1::{DiscoveryRequest, DiscoveryResponse, ErrorDetail
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::sidecar::Sidecar;
+use crate::shared::Shared;
 
 const INVALID_ARGUMENT: i32 = 3;
 
@@ -117,7 +117,7 @@ fn by_name<T: DeserializeOwned>(
 }
 
 /// Runs the client for the life of the sidecar.
-pub(crate) async fn run(sidecar: Arc<Sidecar>, endpoint: String, node: Node) {
+pub(crate) async fn run(sidecar: Arc<Shared>, endpoint: String, node: Node) {
     let mut store = Store::default();
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -140,7 +140,7 @@ pub(crate) async fn run(sidecar: Arc<Sidecar>, endpoint: String, node: Node) {
 
 /// One stream's life. Returns whether any response arrived.
 async fn stream_once(
-    sidecar: &Arc<Sidecar>,
+    sidecar: &Arc<Shared>,
     endpoint: &str,
     node: &Node,
     store: &mut Store,

@@ -15,7 +15,9 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::balance::{EndpointSet, Target};
+use crate::active::AppTarget;
+use crate::metrics::{Direction, Metrics};
+use crate::upstream::{EndpointSet, Endpoints};
 
 /// What one sidecar publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +57,9 @@ fn app_key(app_id: &str, namespace: Option<&str>) -> AppKey {
 
 pub(crate) struct LocalRegistry {
     dir: PathBuf,
-    view: ArcSwap<HashMap<AppKey, Arc<EndpointSet>>>,
+    endpoints: Arc<Endpoints>,
+    metrics: Arc<Metrics>,
+    view: ArcSwap<HashMap<AppKey, Arc<AppTarget>>>,
     own_entry: std::sync::Mutex<Option<PathBuf>>,
     last_refresh: Mutex<Instant>,
 }
@@ -66,9 +70,11 @@ const MISS_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl LocalRegistry {
-    pub(crate) fn new(dir: PathBuf) -> Self {
+    pub(crate) fn new(dir: PathBuf, endpoints: Arc<Endpoints>, metrics: Arc<Metrics>) -> Self {
         LocalRegistry {
             dir,
+            endpoints,
+            metrics,
             view: ArcSwap::from_pointee(HashMap::new()),
             own_entry: std::sync::Mutex::new(None),
             last_refresh: Mutex::new(Instant::now() - MISS_REFRESH_INTERVAL),
@@ -103,7 +109,7 @@ impl LocalRegistry {
         }
     }
 
-    pub(crate) fn lookup(&self, app_id: &str, namespace: Option<&str>) -> Option<Arc<EndpointSet>> {
+    pub(crate) fn lookup(&self, app_id: &str, namespace: Option<&str>) -> Option<Arc<AppTarget>> {
         let view = self.view.load();
         match namespace {
             Some(ns) => view.get(&app_key(app_id, Some(ns))).cloned(),
@@ -116,7 +122,7 @@ impl LocalRegistry {
         self: &Arc<Self>,
         app_id: &str,
         namespace: Option<&str>,
-    ) -> Option<Arc<EndpointSet>> {
+    ) -> Option<Arc<AppTarget>> {
         if let Some(found) = self.lookup(app_id, namespace) {
             return Some(found);
         }
@@ -131,30 +137,34 @@ impl LocalRegistry {
         self.lookup(app_id, namespace)
     }
 
-    /// Re-reads the directory. Keeps an app's existing `EndpointSet` when its members are
+    /// Re-reads the directory. Keeps an app's existing target when its members are
     /// unchanged, so balancer state survives refreshes.
     pub(crate) fn refresh_blocking(&self) {
         let entries = read_entries(&self.dir);
-        let mut grouped: HashMap<AppKey, Vec<Target>> = HashMap::new();
+        let mut grouped: HashMap<AppKey, (String, Vec<(String, u32)>)> = HashMap::new();
         for entry in entries {
             grouped
                 .entry(app_key(&entry.app_id, entry.namespace.as_deref()))
-                .or_default()
-                .push(Target {
-                    address: entry.mesh_address,
-                    weight: 1,
-                });
+                .or_insert_with(|| (entry.app_id.clone(), Vec::new()))
+                .1
+                .push((entry.mesh_address, 1));
         }
         let old = self.view.load();
         let mut view = HashMap::with_capacity(grouped.len());
-        for (key, mut targets) in grouped {
+        for (key, (app_id, mut targets)) in grouped {
             targets.sort();
             targets.dedup();
-            let set = match old.get(&key) {
-                Some(existing) if existing.targets == targets => existing.clone(),
-                _ => Arc::new(EndpointSet::round_robin(targets)),
+            let target = match old.get(&key) {
+                Some(existing) if existing.endpoints.same_members(&targets) => existing.clone(),
+                _ => Arc::new(AppTarget {
+                    endpoints: Arc::new(EndpointSet::round_robin(&self.endpoints, targets)),
+                    metrics: match old.get(&key) {
+                        Some(existing) => existing.metrics.clone(),
+                        None => self.metrics.app(Direction::Outbound, &app_id),
+                    },
+                }),
             };
-            view.insert(key, set);
+            view.insert(key, target);
         }
         self.view.store(Arc::new(view));
     }
@@ -215,6 +225,14 @@ pub(crate) fn now_unix_ms() -> u64 {
 mod tests {
     use super::*;
 
+    fn registry_in(dir: &Path) -> LocalRegistry {
+        LocalRegistry::new(
+            dir.to_path_buf(),
+            Arc::new(Endpoints::default()),
+            Arc::new(Metrics::new()),
+        )
+    }
+
     fn entry(app: &str, port: u16, pid: u32) -> RegistryEntry {
         RegistryEntry {
             app_id: app.into(),
@@ -229,12 +247,15 @@ mod tests {
     #[test]
     fn registered_entries_are_found_by_app_id_and_removed_on_deregister() {
         let dir = tempfile::tempdir().unwrap();
-        let registry = LocalRegistry::new(dir.path().to_path_buf());
+        let registry = registry_in(dir.path());
         registry
             .register(&entry("b", 15009, std::process::id()))
             .unwrap();
-        let set = registry.lookup("b", None).unwrap();
-        assert_eq!(set.targets[0].address, "127.0.0.1:15009");
+        let target = registry.lookup("b", None).unwrap();
+        assert_eq!(
+            target.endpoints.members[0].endpoint.address,
+            "127.0.0.1:15009"
+        );
         assert!(registry.lookup("c", None).is_none());
         registry.deregister();
         registry.refresh_blocking();
@@ -250,7 +271,7 @@ mod tests {
         child.wait().unwrap();
         let path = dir.path().join("b-dead.json");
         std::fs::write(&path, serde_json::to_vec(&entry("b", 1, dead_pid)).unwrap()).unwrap();
-        let registry = LocalRegistry::new(dir.path().to_path_buf());
+        let registry = registry_in(dir.path());
         registry.refresh_blocking();
         assert!(registry.lookup("b", None).is_none());
         assert!(!path.exists());
@@ -259,7 +280,7 @@ mod tests {
     #[test]
     fn unchanged_membership_keeps_the_same_endpoint_set() {
         let dir = tempfile::tempdir().unwrap();
-        let registry = LocalRegistry::new(dir.path().to_path_buf());
+        let registry = registry_in(dir.path());
         registry
             .register(&entry("b", 15009, std::process::id()))
             .unwrap();

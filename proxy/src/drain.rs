@@ -1,7 +1,6 @@
 //! Counts requests in flight so that shutdown can wait for exactly them, no longer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -13,12 +12,12 @@ pub(crate) struct Drain {
 }
 
 /// Held by a request for its whole life; dropping it marks the request finished.
-pub(crate) struct InFlight(Arc<Drain>);
+pub(crate) struct InFlight<'a>(&'a Drain);
 
 impl Drain {
-    pub(crate) fn enter(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn enter(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -42,7 +41,7 @@ impl Drain {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
@@ -53,18 +52,30 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn wait_idle_returns_when_the_last_request_finishes() {
         let drain = Arc::new(Drain::default());
-        let request = drain.enter();
+        let (entered, release) = tokio::sync::oneshot::channel::<()>();
+        let (go, released) = tokio::sync::oneshot::channel::<()>();
+        let request = {
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                let _request = drain.enter();
+                let _ = entered.send(());
+                let _ = released.await;
+            })
+        };
+        release.await.unwrap();
         let waiter = {
             let drain = drain.clone();
             tokio::spawn(async move { drain.wait_idle(Duration::from_secs(10)).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        drop(request);
+        go.send(()).unwrap();
+        request.await.unwrap();
         assert_eq!(waiter.await.unwrap(), 0);
     }
 

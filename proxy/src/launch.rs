@@ -15,7 +15,8 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::options::SidecarOptions;
-use crate::sidecar::{run, BoundListeners, ProxyError, Sidecar};
+use crate::serve::{run, BoundListeners};
+use crate::shared::{ProxyError, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -63,9 +64,9 @@ async fn serve(
 ) -> Result<i32, LaunchError> {
     let listeners = BoundListeners::bind(&options)?;
     let env = app_environment(&options, &listeners);
-    let sidecar = Sidecar::new(options, snapshot)?;
+    let shared = Shared::new(options, snapshot)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(run(sidecar.clone(), listeners, async {
+    let server = tokio::spawn(run(shared.clone(), listeners, async {
         let _ = stop_rx.await;
     }));
     let mut terminate = signal(SignalKind::terminate()).map_err(LaunchError::Runtime)?;

@@ -1,9 +1,13 @@
-//! Prometheus metrics: requests and latency by direction, target app id and status class.
+//! Prometheus metrics: requests and latency by direction, target app id and status class;
+//! connections per listener. Request paths hold an [`AppMetrics`] looked up once per app id
+//! (when the configuration is built), not a label lookup per request.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Which side of the sidecar a request crossed.
@@ -29,6 +33,44 @@ pub(crate) struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     pub(crate) in_flight: IntGauge,
+    connections: IntGaugeVec,
+    cap_reached: IntCounterVec,
+}
+
+/// The handles of one (direction, app id), one pair per status class, each registered on
+/// first use.
+pub(crate) struct AppMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    direction: Direction,
+    app_id: String,
+    by_class: [OnceLock<(IntCounter, Histogram)>; 6],
+}
+
+impl AppMetrics {
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
+        let class = status_class_index(status);
+        let (requests, latency) = self.by_class[class].get_or_init(|| {
+            let labels = [
+                self.direction.as_str(),
+                self.app_id.as_str(),
+                CLASSES[class],
+            ];
+            (
+                self.requests.with_label_values(&labels),
+                self.latency.with_label_values(&labels),
+            )
+        });
+        requests.inc();
+        latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Connection counts of one listener.
+pub(crate) struct ListenerMetrics {
+    pub(crate) open: IntGauge,
+    /// Times the listener stopped accepting because it was at its connection cap.
+    pub(crate) cap_reached: IntCounter,
 }
 
 impl Metrics {
@@ -59,10 +101,28 @@ impl Metrics {
             "Requests currently being handled",
         )
         .expect("static metric definition is valid");
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "outrigger_listener_connections",
+                "Connections open on each listener",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition is valid");
+        let cap_reached = IntCounterVec::new(
+            Opts::new(
+                "outrigger_listener_connection_cap_reached_total",
+                "Times a listener stopped accepting because it held its --max-connections",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition is valid");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(in_flight.clone()),
+            Box::new(connections.clone()),
+            Box::new(cap_reached.clone()),
         ] {
             registry
                 .register(collector)
@@ -73,22 +133,27 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            connections,
+            cap_reached,
         }
     }
 
-    pub(crate) fn record(
-        &self,
-        direction: Direction,
-        app_id: &str,
-        status: u16,
-        elapsed: Duration,
-    ) {
-        let class = status_class(status);
-        let labels = [direction.as_str(), app_id, class];
-        self.requests.with_label_values(&labels).inc();
-        self.latency
-            .with_label_values(&labels)
-            .observe(elapsed.as_secs_f64());
+    /// The handles for requests of `direction` to `app_id`.
+    pub(crate) fn app(&self, direction: Direction, app_id: &str) -> Arc<AppMetrics> {
+        Arc::new(AppMetrics {
+            requests: self.requests.clone(),
+            latency: self.latency.clone(),
+            direction,
+            app_id: app_id.to_string(),
+            by_class: Default::default(),
+        })
+    }
+
+    pub(crate) fn listener(&self, name: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.connections.with_label_values(&[name]),
+            cap_reached: self.cap_reached.with_label_values(&[name]),
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -100,14 +165,13 @@ impl Metrics {
     }
 }
 
-fn status_class(status: u16) -> &'static str {
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Status 0 stands for "no response" (the client went away, the upstream broke off).
+fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "error",
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 5,
     }
 }
 
@@ -118,7 +182,9 @@ mod tests {
     #[test]
     fn recorded_requests_appear_in_the_text_exposition() {
         let metrics = Metrics::new();
-        metrics.record(Direction::Outbound, "b", 503, Duration::from_millis(3));
+        metrics
+            .app(Direction::Outbound, "b")
+            .record(503, Duration::from_millis(3));
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(
             text.contains(

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::upstream::Protocol;
+
 /// How the sidecar talks to its local app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AppProtocol {
@@ -58,6 +60,19 @@ pub struct SidecarOptions {
     pub max_body_bytes: usize,
     /// Worker threads for the proxy runtime.
     pub threads: usize,
+    /// How this sidecar talks to other sidecars' mesh listeners (which accept both).
+    pub mesh_protocol: Protocol,
+    /// Connecting to an upstream (a sidecar or the app) gives up after this long.
+    pub connect_timeout: Duration,
+    /// A request head must arrive whole within this time of its first byte, and a new
+    /// connection must send its first request within it.
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections each listener holds open at most; at the cap it stops accepting.
+    pub max_connections: usize,
+    /// Concurrent streams an HTTP/2 client may open on one connection.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl SidecarOptions {
@@ -82,6 +97,12 @@ impl SidecarOptions {
             max_request_header_bytes: 60 * 1024,
             max_body_bytes: 4 * 1024 * 1024,
             threads: 2,
+            mesh_protocol: Protocol::Http1,
+            connect_timeout: Duration::from_secs(2),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            h2_max_concurrent_streams: 128,
         }
     }
 }

@@ -7,22 +7,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderName, Method};
 use outrigger_config::{HeaderRewrite, Route, RouteRule};
+
 use regex::Regex;
 
-use crate::balance::EndpointSet;
+use crate::metrics::AppMetrics;
+use crate::upstream::EndpointSet;
+
+/// Header access for rules, whatever protocol carried the request.
+pub(crate) trait HeaderLookup: Sync {
+    /// Whether any value of header `name` (lowercase) passes `check`.
+    fn any_value(&self, name: &str, check: &mut dyn FnMut(&[u8]) -> bool) -> bool;
+}
 
 /// What a rule looks at.
 pub(crate) struct RequestView<'a> {
     pub(crate) method: &'a Method,
     /// The path the target app will see, without the query string.
     pub(crate) path: &'a str,
-    pub(crate) headers: &'a HeaderMap,
+    pub(crate) headers: &'a dyn HeaderLookup,
 }
 
 pub(crate) struct CompiledRoute {
     rules: Vec<Arc<CompiledRule>>,
+    /// The metric handles of the route's target app id.
+    pub(crate) metrics: Arc<AppMetrics>,
 }
 
 pub(crate) struct CompiledRule {
@@ -34,7 +44,31 @@ pub(crate) struct CompiledRule {
     total_weight: u64,
     cursor: AtomicU64,
     pub(crate) timeout: Option<Duration>,
-    pub(crate) rewrite: HeaderRewrite,
+    pub(crate) rewrite: Rewrite,
+}
+
+/// A rule's request-header rewrite, with names lowercased once.
+pub(crate) struct Rewrite {
+    /// Set on the request (replacing a header of the same name).
+    pub(crate) add: Vec<(String, String)>,
+    pub(crate) remove: Vec<String>,
+}
+
+impl From<&HeaderRewrite> for Rewrite {
+    fn from(rewrite: &HeaderRewrite) -> Self {
+        Rewrite {
+            add: rewrite
+                .add
+                .iter()
+                .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+                .collect(),
+            remove: rewrite
+                .remove
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+        }
+    }
 }
 
 enum HeaderCheck {
@@ -49,13 +83,14 @@ impl CompiledRoute {
     pub(crate) fn compile(
         route: &Route,
         clusters: &HashMap<String, Arc<EndpointSet>>,
+        metrics: Arc<AppMetrics>,
     ) -> CompiledRoute {
         let rules = route
             .rules
             .iter()
             .filter_map(|rule| compile_rule(rule, clusters).map(Arc::new))
             .collect();
-        CompiledRoute { rules }
+        CompiledRoute { rules, metrics }
     }
 
     /// The first rule that matches the request.
@@ -103,7 +138,7 @@ fn compile_rule(
         total_weight,
         cursor: AtomicU64::new(0),
         timeout: rule.timeout,
-        rewrite: rule.request_headers.clone(),
+        rewrite: Rewrite::from(&rule.request_headers),
     })
 }
 
@@ -123,13 +158,15 @@ impl CompiledRule {
             return false;
         }
         self.headers.iter().all(|(name, check)| {
-            let mut values = request.headers.get_all(name).iter();
+            let name = name.as_str();
             match check {
-                HeaderCheck::Present => values.next().is_some(),
-                HeaderCheck::Exact(expected) => values.any(|v| v.as_bytes() == expected.as_bytes()),
-                HeaderCheck::Regex(regex) => {
-                    values.any(|v| v.to_str().is_ok_and(|v| regex.is_match(v)))
-                }
+                HeaderCheck::Present => request.headers.any_value(name, &mut |_| true),
+                HeaderCheck::Exact(expected) => request
+                    .headers
+                    .any_value(name, &mut |v| v == expected.as_bytes()),
+                HeaderCheck::Regex(regex) => request.headers.any_value(name, &mut |v| {
+                    std::str::from_utf8(v).is_ok_and(|v| regex.is_match(v))
+                }),
             }
         })
     }
@@ -151,11 +188,14 @@ impl CompiledRule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::Target;
+    use crate::metrics::{Direction, Metrics};
+    use crate::upstream::Endpoints;
+    use http::HeaderMap;
     use outrigger_config::load_str;
 
     fn compiled(yaml: &str) -> (CompiledRoute, HashMap<String, Arc<EndpointSet>>) {
         let snapshot = load_str("r.yaml", yaml).unwrap();
+        let endpoints = Endpoints::default();
         let clusters: HashMap<_, _> = snapshot
             .clusters
             .values()
@@ -163,16 +203,20 @@ mod tests {
                 let targets = c
                     .endpoints
                     .iter()
-                    .map(|e| Target {
-                        address: e.address.to_string(),
-                        weight: 1,
-                    })
+                    .map(|e| (e.address.to_string(), 1))
                     .collect();
-                (c.name.clone(), Arc::new(EndpointSet::round_robin(targets)))
+                (
+                    c.name.clone(),
+                    Arc::new(EndpointSet::round_robin(&endpoints, targets)),
+                )
             })
             .collect();
         (
-            CompiledRoute::compile(&snapshot.routes["b"], &clusters),
+            CompiledRoute::compile(
+                &snapshot.routes["b"],
+                &clusters,
+                Metrics::new().app(Direction::Outbound, "b"),
+            ),
             clusters,
         )
     }
@@ -190,7 +234,7 @@ mod tests {
         let view = RequestView {
             method: &method,
             path,
-            headers: &map,
+            headers: &map as &dyn HeaderLookup,
         };
         let rule = route.select(&view).unwrap();
         let set = rule.pick_backend();

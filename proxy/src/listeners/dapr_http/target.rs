@@ -7,6 +7,8 @@
 
 use base64::Engine as _;
 
+pub(crate) use crate::blocks::invoke::InvokeTarget;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ApiRoute {
     Healthz,
@@ -44,16 +46,6 @@ pub(crate) enum StateOp {
     Transaction,
     /// A path of the state API with a method it does not take; the methods it does take.
     MethodNotAllowed(&'static str),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InvokeTarget {
-    pub(crate) app_id: String,
-    pub(crate) namespace: Option<String>,
-    /// The request target for the app: `/method/path?query`.
-    pub(crate) path_and_query: String,
-    /// The `Authorization` header carried the app id and must not be forwarded.
-    pub(crate) via_basic_auth: bool,
 }
 
 /// The health checks, which an API token does not guard.

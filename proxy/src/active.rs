@@ -1,0 +1,116 @@
+//! The configuration a request runs against: the snapshot, and what is built from it once per
+//! swap — endpoint sets per cluster, compiled routes, opened state stores. Built next to the
+//! previous one so that unchanged parts (endpoint sets, running stores) carry over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use outrigger_config::{Snapshot, SnapshotError};
+
+use crate::components::{open_state_stores, StateComponent};
+use crate::metrics::{AppMetrics, Direction, Metrics};
+use crate::routing::{CompiledRoute, CompiledRule};
+use crate::upstream::{EndpointSet, Endpoints};
+
+/// Where calls to one app id go when no route rule picks: its endpoints and its metric
+/// handles.
+pub(crate) struct AppTarget {
+    pub(crate) endpoints: Arc<EndpointSet>,
+    pub(crate) metrics: Arc<AppMetrics>,
+}
+
+pub(crate) struct ActiveConfig {
+    pub(crate) snapshot: Arc<Snapshot>,
+    /// One target per snapshot cluster, by cluster name.
+    pub(crate) clusters: HashMap<String, Arc<AppTarget>>,
+    /// The compiled route of each target app id that has one.
+    pub(crate) routes: HashMap<String, CompiledRoute>,
+    /// The state stores this app may use, by component name.
+    pub(crate) state_stores: HashMap<String, Arc<StateComponent>>,
+}
+
+/// Where one invocation goes: the endpoints, the route rule that chose them (for its timeout
+/// and header rewrite) if a route did, and the metric handles of the target app id.
+pub(crate) struct Resolved {
+    pub(crate) endpoints: Arc<EndpointSet>,
+    pub(crate) rule: Option<Arc<CompiledRule>>,
+    pub(crate) metrics: Arc<AppMetrics>,
+}
+
+/// What building a configuration needs besides the snapshot.
+pub(crate) struct BuildContext<'a> {
+    pub(crate) app_id: &'a str,
+    pub(crate) endpoints: &'a Endpoints,
+    pub(crate) metrics: &'a Metrics,
+}
+
+impl ActiveConfig {
+    pub(crate) fn build(
+        snapshot: Arc<Snapshot>,
+        previous: Option<&ActiveConfig>,
+        context: &BuildContext<'_>,
+    ) -> Result<ActiveConfig, SnapshotError> {
+        let state_stores =
+            open_state_stores(&snapshot, context.app_id, previous.map(|p| &p.state_stores))?;
+        let clusters: HashMap<String, Arc<AppTarget>> = snapshot
+            .clusters
+            .values()
+            .map(|cluster| {
+                let mut targets: Vec<(String, u32)> = cluster
+                    .endpoints
+                    .iter()
+                    .map(|e| (e.address.as_str().to_string(), e.weight))
+                    .collect();
+                targets.sort();
+                let target = match previous.and_then(|p| p.clusters.get(&cluster.name)) {
+                    Some(existing) if existing.endpoints.same_members(&targets) => existing.clone(),
+                    _ => Arc::new(AppTarget {
+                        endpoints: Arc::new(EndpointSet::round_robin(context.endpoints, targets)),
+                        metrics: context.metrics.app(Direction::Outbound, &cluster.name),
+                    }),
+                };
+                (cluster.name.clone(), target)
+            })
+            .collect();
+        let sets: HashMap<String, Arc<EndpointSet>> = clusters
+            .iter()
+            .map(|(name, target)| (name.clone(), target.endpoints.clone()))
+            .collect();
+        let routes = snapshot
+            .routes
+            .iter()
+            .map(|(app, route)| {
+                let metrics = context.metrics.app(Direction::Outbound, app);
+                (app.clone(), CompiledRoute::compile(route, &sets, metrics))
+            })
+            .collect();
+        Ok(ActiveConfig {
+            snapshot,
+            clusters,
+            routes,
+            state_stores,
+        })
+    }
+
+    /// The route rule or cluster that serves `app_id`, if the configuration names one.
+    pub(crate) fn resolve(
+        &self,
+        app_id: &str,
+        request: &crate::routing::RequestView<'_>,
+    ) -> Option<Resolved> {
+        if let Some(route) = self.routes.get(app_id) {
+            if let Some(rule) = route.select(request) {
+                return Some(Resolved {
+                    endpoints: rule.pick_backend(),
+                    rule: Some(rule.clone()),
+                    metrics: route.metrics.clone(),
+                });
+            }
+        }
+        self.clusters.get(app_id).map(|target| Resolved {
+            endpoints: target.endpoints.clone(),
+            rule: None,
+            metrics: target.metrics.clone(),
+        })
+    }
+}

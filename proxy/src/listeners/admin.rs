@@ -1,0 +1,92 @@
+//! The admin listener (default 127.0.0.1:15000): `/ready`, `/healthz`, `/metrics` (Prometheus
+//! text), `/config_dump` (the active snapshot, the listeners and what discovery sees, as JSON)
+//! and `/clusters` (every upstream endpoint with its counters).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::{Downstream, Service};
+use crate::answer::Answer;
+use crate::shared::Shared;
+
+pub(crate) struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Admin { shared }
+    }
+
+    fn config_dump(&self) -> Vec<u8> {
+        let shared = &self.shared;
+        let addresses = *shared.addresses.lock();
+        let options = &shared.options;
+        let dump = json!({
+            "app_id": options.app_id,
+            "namespace": options.namespace,
+            "app_port": options.app_port,
+            "listeners": addresses.map(|a| json!({
+                "dapr_http": a.dapr_http.to_string(),
+                "mesh": a.mesh.to_string(),
+                "admin": a.admin.to_string(),
+            })),
+            "registry_dir": shared.registry.as_ref().map(|r| r.dir().display().to_string()),
+            "snapshot": *shared.snapshot(),
+        });
+        serde_json::to_vec_pretty(&dump).unwrap_or_default()
+    }
+
+    fn clusters(&self) -> Vec<u8> {
+        let mut endpoints: Vec<_> = self
+            .shared
+            .endpoints
+            .all()
+            .into_iter()
+            .map(|e| {
+                let stats = &e.stats;
+                json!({
+                    "address": e.address,
+                    "in_flight": stats.in_flight.load(Ordering::Relaxed),
+                    "requests": stats.requests.load(Ordering::Relaxed),
+                    "failures": stats.failures.load(Ordering::Relaxed),
+                    "consecutive_failures": stats.consecutive_failures.load(Ordering::Relaxed),
+                    "latency_ewma_us": stats.latency_ewma_us.load(Ordering::Relaxed),
+                    "idle_connections": e.pool.idle_count(),
+                })
+            })
+            .collect();
+        endpoints.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
+        serde_json::to_vec_pretty(&json!({ "endpoints": endpoints })).unwrap_or_default()
+    }
+}
+
+impl Service for Admin {
+    const DRAINED: bool = false;
+
+    async fn serve<D: Downstream>(&self, request: &mut D) {
+        let shared = &self.shared;
+        let answer = match request.path() {
+            "/ready" if shared.is_ready() => Answer::text(200, "text/plain", &b"ready\n"[..]),
+            "/ready" => Answer::text(503, "text/plain", &b"not ready\n"[..]),
+            "/healthz" => Answer::text(200, "text/plain", &b"ok\n"[..]),
+            "/metrics" => {
+                shared
+                    .metrics
+                    .in_flight
+                    .set(i64::try_from(shared.drain.in_flight()).unwrap_or(i64::MAX));
+                Answer::text(200, "text/plain; version=0.0.4", shared.metrics.render())
+            }
+            "/config_dump" => Answer::json(200, self.config_dump()),
+            "/clusters" => Answer::json(200, self.clusters()),
+            _ => Answer::text(
+                404,
+                "text/plain",
+                &b"not found; try /ready, /healthz, /metrics, /config_dump or /clusters\n"[..],
+            ),
+        };
+        request.answer(answer).await;
+    }
+}

@@ -1,0 +1,103 @@
+//! The mesh listener (default :15008): other sidecars deliver calls for this app here (HTTP/1.1
+//! or HTTP/2), and this hands them to the local app on 127.0.0.1:<app-port> in the app's
+//! protocol (HTTP/1.1 or h2c).
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{Downstream, Service};
+use crate::answer::Answer;
+use crate::blocks::{BlockError, ERR_DIRECT_INVOKE};
+use crate::http1::head::HeaderEdits;
+use crate::shared::Shared;
+use crate::upstream::Target;
+
+pub(crate) struct MeshInbound {
+    shared: Arc<Shared>,
+}
+
+impl MeshInbound {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        MeshInbound { shared }
+    }
+}
+
+/// The app sees its own token (APP_API_TOKEN) and never a caller's DAPR_API_TOKEN.
+const TOKEN_HEADER: &[&str] = &["dapr-api-token"];
+
+impl Service for MeshInbound {
+    async fn serve<D: Downstream>(&self, request: &mut D) {
+        let started = Instant::now();
+        let options = &self.shared.options;
+        if let Some(callee) = request.header_str("dapr-callee-app-id") {
+            if callee != options.app_id {
+                let error = BlockError::new(
+                    404,
+                    ERR_DIRECT_INVOKE,
+                    format!(
+                        "failed to invoke, id: {callee}, err: this sidecar serves app {}, not {callee}",
+                        options.app_id
+                    ),
+                );
+                return request.answer(error.into()).await;
+            }
+        }
+        let Some(app) = &self.shared.app else {
+            let error = BlockError::invoke(
+                &options.app_id,
+                format!(
+                    "app {} has no app port; start its sidecar with --app-port",
+                    options.app_id
+                ),
+            );
+            return request.answer(error.into()).await;
+        };
+        let token = options
+            .app_api_token
+            .as_deref()
+            .map(|t| [("dapr-api-token", t)]);
+        let edits = HeaderEdits {
+            remove: TOKEN_HEADER,
+            add: token.as_ref().map_or(&[], |t| t.as_slice()),
+            ..HeaderEdits::default()
+        };
+        let target = Target {
+            set: &app.endpoints,
+            protocol: app.protocol,
+            head_timeout: None,
+            connect_timeout: options.connect_timeout,
+        };
+        let status = match request.forward(&target, &edits).await {
+            Ok(status) => status,
+            Err(failure) if !request.responded() => {
+                let error = if failure.is_bad_request() {
+                    BlockError::malformed(format!("malformed request: {}", failure.error))
+                } else {
+                    let id = &options.app_id;
+                    BlockError::invoke(
+                        id,
+                        format!(
+                            "app {id} is not reachable at 127.0.0.1:{}: {}",
+                            app.port, failure.error
+                        ),
+                    )
+                };
+                let status = error.status;
+                let answer = Answer::from(error);
+                let answer = if failure.is_bad_request() {
+                    answer.closing()
+                } else {
+                    answer
+                };
+                request.answer(answer).await;
+                status
+            }
+            Err(failure) => {
+                tracing::debug!(error = %failure.error, "delivery broke off after its answer started");
+                0
+            }
+        };
+        app.metrics.record(status, started.elapsed());
+    }
+}

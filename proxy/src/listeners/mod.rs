@@ -1,0 +1,259 @@
+//! The listeners: one plain struct per port, each a [`Service`] that handles one request at a
+//! time through [`Downstream`], whichever protocol carried it. This module holds what they
+//! share: accepting under a connection cap, telling HTTP/2 from HTTP/1.1, and the connection
+//! loops (our own HTTP/1.1 engine, hyper for HTTP/2).
+//!
+//! A new listener is a new file with a `Service` impl, plus one line in `serve.rs`.
+
+pub(crate) mod admin;
+pub(crate) mod dapr_http;
+pub(crate) mod exchange;
+pub(crate) mod mesh_inbound;
+mod rewind;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::answer::Answer;
+use crate::blocks::{BlockError, ERR_HEADERS_TOO_LARGE, ERR_MALFORMED_REQUEST};
+use crate::http1::server::{ConnLimits, Detected, NextRequest, ServerConn, DISCARD_LIMIT};
+use crate::http1::READ_CHUNK;
+use crate::shared::Shared;
+pub(crate) use exchange::Downstream;
+use exchange::H2Exchange;
+use rewind::Rewind;
+
+/// One listener's request handling.
+pub(crate) trait Service: Send + Sync + 'static {
+    /// Whether shutdown waits for this listener's requests (not the admin listener's).
+    const DRAINED: bool = true;
+
+    /// Handles one request to its end: answers it, or forwards it and streams the answer.
+    fn serve<D: Downstream>(&self, request: &mut D) -> impl Future<Output = ()> + Send;
+}
+
+/// What bounds a listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ListenerSettings {
+    pub(crate) name: &'static str,
+    pub(crate) limits: ConnLimits,
+    /// At this many open connections the listener stops accepting until one closes.
+    pub(crate) max_connections: usize,
+    pub(crate) h2_max_concurrent_streams: u32,
+}
+
+/// Accepts connections until `stop` turns true, serving each on its own task.
+pub(crate) async fn accept<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    settings: ListenerSettings,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let metrics = Arc::new(shared.metrics.listener(settings.name));
+    loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // New connections wait in the kernel's backlog until one of ours closes.
+                metrics.cap_reached.inc();
+                tracing::warn!(
+                    listener = settings.name,
+                    max_connections = settings.max_connections,
+                    "at the connection cap; not accepting until a connection closes"
+                );
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was accepted.
+                    tracing::warn!(listener = settings.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        metrics.open.inc();
+        let (service, shared, metrics) = (service.clone(), shared.clone(), metrics.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, service, settings, shared, permit).await;
+            metrics.open.dec();
+        });
+    }
+}
+
+async fn serve_connection<S: Service>(
+    stream: TcpStream,
+    service: Arc<S>,
+    settings: ListenerSettings,
+    shared: Arc<Shared>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let mut conn = ServerConn::new(
+        stream,
+        BytesMut::with_capacity(READ_CHUNK),
+        settings.limits,
+        Instant::now(),
+    );
+    match conn.detect().await {
+        Detected::Http1 => serve_h1(conn, &*service, &shared).await,
+        Detected::Http2 => {
+            let (stream, read) = conn.into_parts();
+            serve_h2(
+                Rewind::new(read.freeze(), stream),
+                service,
+                settings,
+                shared,
+            )
+            .await
+        }
+        Detected::Closed => {}
+    }
+}
+
+/// The HTTP/1.1 request loop: requests answered in order (pipelined ones too), the body of an
+/// unanswered-for body discarded so the next request parses cleanly.
+async fn serve_h1<S: Service>(mut conn: ServerConn, service: &S, shared: &Shared) {
+    let linger = loop {
+        match conn.next_request().await {
+            NextRequest::Ready => {}
+            NextRequest::Closed => break false,
+            NextRequest::HeaderTimeout => {
+                conn.keep_alive = false;
+                let error = BlockError::new(
+                    408,
+                    ERR_MALFORMED_REQUEST,
+                    format!(
+                        "the request head did not arrive within {}",
+                        outrigger_config::duration::format(&conn.limits.header_timeout)
+                    ),
+                );
+                let _ = conn.answer(&Answer::from(error).closing()).await;
+                break true;
+            }
+            NextRequest::Bad(e) => {
+                conn.keep_alive = false;
+                let status = e.status();
+                let code = if status == 431 {
+                    ERR_HEADERS_TOO_LARGE
+                } else {
+                    ERR_MALFORMED_REQUEST
+                };
+                let error = BlockError::new(status, code, e.to_string());
+                let _ = conn.answer(&Answer::from(error).closing()).await;
+                break true;
+            }
+        }
+        if shared.is_draining() {
+            conn.keep_alive = false;
+        }
+        {
+            let _in_flight = S::DRAINED.then(|| shared.drain.enter());
+            service.serve(&mut conn).await;
+        }
+        if !conn.keep_alive {
+            break true;
+        }
+        if !conn.body.is_done() && !conn.discard_body(DISCARD_LIMIT).await {
+            break true;
+        }
+    };
+    if linger {
+        conn.linger_close().await;
+    }
+}
+
+/// Streams in flight and streams finished, for closing idle HTTP/2 connections.
+#[derive(Default)]
+struct H2Activity {
+    streams: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+async fn serve_h2<S: Service>(
+    io: Rewind,
+    service: Arc<S>,
+    settings: ListenerSettings,
+    shared: Arc<Shared>,
+) {
+    let activity = Arc::new(H2Activity::default());
+    let handler = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request| {
+            let (service, shared, activity) = (service.clone(), shared.clone(), activity.clone());
+            async move {
+                activity.streams.fetch_add(1, Ordering::Relaxed);
+                let mut exchange = H2Exchange::new(request);
+                {
+                    let _in_flight = S::DRAINED.then(|| shared.drain.enter());
+                    service.serve(&mut exchange).await;
+                }
+                activity.streams.fetch_sub(1, Ordering::Relaxed);
+                activity.finished.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(exchange.into_response())
+            }
+        })
+    };
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(settings.limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024))
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(8 << 20)
+        .serve_connection(TokioIo::new(io), handler);
+    tokio::pin!(connection);
+    // Idle: no stream open and none finished over a whole idle timeout, checked four times
+    // per timeout (a connection is closed between one and 1.25 idle timeouts after it went
+    // quiet).
+    let idle = settings.limits.idle_timeout;
+    let check = (idle / 4).max(Duration::from_millis(10));
+    let mut quiet = Duration::ZERO;
+    let mut last_finished = 0;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep(check) => {
+                let finished = activity.finished.load(Ordering::Relaxed);
+                if activity.streams.load(Ordering::Relaxed) == 0 && finished == last_finished {
+                    quiet += check;
+                    if quiet >= idle {
+                        break;
+                    }
+                } else {
+                    quiet = Duration::ZERO;
+                }
+                last_finished = finished;
+            }
+        }
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+}

@@ -1,0 +1,234 @@
+//! One upstream endpoint (a sidecar's mesh address, or the local app) and what is known about
+//! it: its parsed address, its idle connections, its HTTP/2 connection, and the outcome of
+//! every request sent to it. An [`Endpoint`] is keyed by address in [`Endpoints`] and shared
+//! by every cluster and discovery entry that names that address, so its pool and its
+//! statistics survive configuration swaps and membership changes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::h2::H2Connection;
+use super::pool::Http1Pool;
+
+/// Where an endpoint is: an IP address parsed once, or a name resolved when a connection is
+/// opened (never per request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EndpointAddr {
+    Ip(SocketAddr),
+    Name(String),
+}
+
+impl EndpointAddr {
+    pub(crate) fn parse(address: &str) -> EndpointAddr {
+        match address.parse::<SocketAddr>() {
+            Ok(ip) => EndpointAddr::Ip(ip),
+            Err(_) => EndpointAddr::Name(address.to_string()),
+        }
+    }
+
+    /// The socket address to connect to.
+    pub(crate) async fn resolve(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            EndpointAddr::Ip(ip) => Ok(*ip),
+            EndpointAddr::Name(name) => tokio::net::lookup_host(name.as_str())
+                .await?
+                .next()
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{name} resolved to no address"),
+                    )
+                }),
+        }
+    }
+}
+
+/// What went wrong with one request to an endpoint, for outcome accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    Connect,
+    Timeout,
+    /// Reset, closed early, or a malformed answer.
+    Protocol,
+}
+
+/// The result of one request to an endpoint, reported after every request: the seam where
+/// retries, circuit breakers, outlier detection and latency-aware balancing plug in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome {
+    pub(crate) status: Option<u16>,
+    pub(crate) latency: Duration,
+    pub(crate) failure: Option<FailureKind>,
+}
+
+/// Counters of one endpoint. Relaxed atomics: they are statistics, not synchronisation.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointStats {
+    pub(crate) in_flight: AtomicU32,
+    pub(crate) requests: AtomicU64,
+    /// Connect failures, timeouts, protocol errors and 5xx answers.
+    pub(crate) failures: AtomicU64,
+    pub(crate) consecutive_failures: AtomicU32,
+    /// Exponentially weighted moving average of latency, in microseconds.
+    pub(crate) latency_ewma_us: AtomicU64,
+}
+
+pub(crate) struct Endpoint {
+    /// As configured (`host:port`), for messages and the config dump.
+    pub(crate) address: String,
+    pub(crate) addr: EndpointAddr,
+    pub(crate) pool: Http1Pool,
+    pub(crate) h2: H2Connection,
+    pub(crate) stats: EndpointStats,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    fn new(address: &str) -> Endpoint {
+        Endpoint {
+            address: address.to_string(),
+            addr: EndpointAddr::parse(address),
+            pool: Http1Pool::default(),
+            h2: H2Connection::default(),
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// Marks a request as started; the guard marks it finished.
+    pub(crate) fn begin(&self) -> InFlightGuard<'_> {
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self)
+    }
+
+    /// Records how a request went.
+    pub(crate) fn report(&self, outcome: &Outcome) {
+        let stats = &self.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let failed = outcome.failure.is_some() || outcome.status.is_some_and(|s| s >= 500);
+        if failed {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        } else if stats.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            stats.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        let sample = u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX);
+        let old = stats.latency_ewma_us.load(Ordering::Relaxed);
+        let next = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        stats.latency_ewma_us.store(next, Ordering::Relaxed);
+    }
+}
+
+/// Held while a request to an endpoint is in flight.
+pub(crate) struct InFlightGuard<'a>(&'a Endpoint);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every endpoint in use, by address. Holds them weakly: an endpoint lives as long as some
+/// endpoint set names it, and comes back with fresh state if it is named again later.
+#[derive(Default)]
+pub(crate) struct Endpoints {
+    by_address: Mutex<HashMap<String, Weak<Endpoint>>>,
+}
+
+impl Endpoints {
+    /// The endpoint at `address`, shared with every other set that names it.
+    pub(crate) fn get(&self, address: &str) -> Arc<Endpoint> {
+        let mut map = self.by_address.lock();
+        if let Some(existing) = map.get(address).and_then(Weak::upgrade) {
+            return existing;
+        }
+        // Forget endpoints nobody names any more before adding one.
+        map.retain(|_, e| e.strong_count() > 0);
+        let endpoint = Arc::new(Endpoint::new(address));
+        map.insert(address.to_string(), Arc::downgrade(&endpoint));
+        endpoint
+    }
+
+    /// Every live endpoint.
+    pub(crate) fn all(&self) -> Vec<Arc<Endpoint>> {
+        self.by_address
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Closes idle connections that are too old or that their peer closed.
+    pub(crate) fn sweep(&self) {
+        for endpoint in self.all() {
+            endpoint.pool.sweep();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_names_one_endpoint_while_someone_holds_it() {
+        let endpoints = Endpoints::default();
+        let a = endpoints.get("127.0.0.1:1");
+        let again = endpoints.get("127.0.0.1:1");
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!(a.addr, EndpointAddr::Ip("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(
+            endpoints.get("b.local:80").addr,
+            EndpointAddr::Name("b.local:80".into())
+        );
+        drop((a, again));
+        assert_eq!(endpoints.all().len(), 0);
+    }
+
+    #[test]
+    fn outcomes_update_the_counters() {
+        let endpoints = Endpoints::default();
+        let e = endpoints.get("127.0.0.1:1");
+        let ok = Outcome {
+            status: Some(200),
+            latency: Duration::from_micros(100),
+            failure: None,
+        };
+        let bad = Outcome {
+            status: None,
+            latency: Duration::from_micros(900),
+            failure: Some(FailureKind::Connect),
+        };
+        e.report(&bad);
+        e.report(&bad);
+        assert_eq!(e.stats.consecutive_failures.load(Ordering::Relaxed), 2);
+        e.report(&ok);
+        assert_eq!(e.stats.consecutive_failures.load(Ordering::Relaxed), 0);
+        assert_eq!(e.stats.requests.load(Ordering::Relaxed), 3);
+        assert_eq!(e.stats.failures.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            e.stats.latency_ewma_us.load(Ordering::Relaxed),
+            (900 * 7 + 100) / 8
+        );
+        {
+            let _guard = e.begin();
+            assert_eq!(e.stats.in_flight.load(Ordering::Relaxed), 1);
+        }
+        assert_eq!(e.stats.in_flight.load(Ordering::Relaxed), 0);
+    }
+}

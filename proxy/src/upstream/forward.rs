@@ -1,0 +1,724 @@
+//! Forwarding one request to an endpoint set: pick an endpoint, take a pooled connection (or
+//! open one; a connect failure moves on to the next endpoint), send, report the outcome.
+//!
+//! HTTP/1.1 in and out is the fast path ([`crate::http1::proxy`]). The other three pairings —
+//! an HTTP/1.1 client to an HTTP/2 upstream, and an HTTP/2 client (hyper) to either — convert
+//! through hyper's types here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use super::balance::EndpointSet;
+use super::endpoint::{Endpoint, FailureKind, Outcome};
+use super::h2::{Body, BoxError};
+use crate::http1::client::ClientConn;
+use crate::http1::framing::{put_body, BodyDecoder, BodyLength, Decoded, LAST_CHUNK};
+use crate::http1::head::{self, ConnectionTokens, HeaderEdits, ResponseHead};
+use crate::http1::proxy::{self, ForwardError};
+use crate::http1::server::ServerConn;
+use crate::http1::READ_CHUNK;
+
+/// How a sidecar talks to the endpoints of a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, multiplexed over one connection per endpoint.
+    H2c,
+}
+
+/// Where a request goes and how.
+pub(crate) struct Target<'a> {
+    pub(crate) set: &'a EndpointSet,
+    pub(crate) protocol: Protocol,
+    /// Bounds the wait for the response head (a route rule's timeout).
+    pub(crate) head_timeout: Option<Duration>,
+    pub(crate) connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("no endpoint is left to try")]
+    NoEndpoint,
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] hyper::Error),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+}
+
+/// A request that could not be forwarded, and the endpoint it was last sent to.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) error: UpstreamError,
+    pub(crate) address: Option<String>,
+}
+
+impl Failure {
+    fn at(error: impl Into<UpstreamError>, endpoint: &Endpoint) -> Failure {
+        Failure {
+            error: error.into(),
+            address: Some(endpoint.address.clone()),
+        }
+    }
+
+    /// The route timeout that passed, if that is what happened.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        match &self.error {
+            UpstreamError::Timeout(limit)
+            | UpstreamError::Forward(ForwardError::Timeout(limit)) => Some(*limit),
+            _ => None,
+        }
+    }
+
+    /// The client's own request was at fault (400 and close), not the upstream.
+    pub(crate) fn is_bad_request(&self) -> bool {
+        matches!(
+            self.error,
+            UpstreamError::BadRequest(_)
+                | UpstreamError::Forward(ForwardError::RequestBody(
+                    crate::http1::server::BodyError::Framing(_)
+                ))
+        )
+    }
+
+    fn kind(&self) -> FailureKind {
+        match &self.error {
+            UpstreamError::Connect(_) | UpstreamError::NoEndpoint => FailureKind::Connect,
+            _ if self.timeout().is_some() => FailureKind::Timeout,
+            _ => FailureKind::Protocol,
+        }
+    }
+}
+
+fn report(endpoint: &Endpoint, started: Instant, result: Result<u16, &Failure>) {
+    let latency = started.elapsed();
+    let outcome = match result {
+        Ok(status) => Outcome {
+            status: Some(status),
+            latency,
+            failure: None,
+        },
+        Err(failure) => Outcome {
+            status: None,
+            latency,
+            failure: Some(failure.kind()),
+        },
+    };
+    endpoint.report(&outcome);
+}
+
+async fn connect(endpoint: &Endpoint, limit: Duration) -> std::io::Result<Box<ClientConn>> {
+    let addr = endpoint.addr.resolve().await?;
+    ClientConn::connect(addr, limit).await.map(Box::new)
+}
+
+// === from an HTTP/1.1 client ===
+
+/// Forwards the request on `down` to `target`, answering the client; returns the status.
+pub(crate) async fn from_h1(
+    down: &mut ServerConn,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+) -> Result<u16, Failure> {
+    match target.protocol {
+        Protocol::Http1 => h1_to_h1(down, target, edits).await,
+        Protocol::H2c => h1_to_h2(down, target, edits).await,
+    }
+}
+
+async fn h1_to_h1(
+    down: &mut ServerConn,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+) -> Result<u16, Failure> {
+    let whole = proxy::prepare(down, edits).map_err(|e| Failure {
+        error: UpstreamError::BadRequest(e.to_string()),
+        address: None,
+    })?;
+    let mut tried = Vec::new();
+    let mut last = None;
+    loop {
+        let Some((index, endpoint)) = target.set.pick(&tried) else {
+            return Err(last.unwrap_or(Failure {
+                error: UpstreamError::NoEndpoint,
+                address: None,
+            }));
+        };
+        let started = Instant::now();
+        let _in_flight = endpoint.begin();
+        let mut conn = match endpoint.pool.take() {
+            Some(conn) => conn,
+            None => match connect(endpoint, target.connect_timeout).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let failure = Failure::at(UpstreamError::Connect(e), endpoint);
+                    report(endpoint, started, Err(&failure));
+                    tried.push(index);
+                    last = Some(failure);
+                    continue;
+                }
+            },
+        };
+        let was_reused = conn.reused;
+        let mut result = proxy::exchange(down, &mut conn, target.head_timeout).await;
+        if was_reused && whole && !down.responded && matches!(&result, Err(e) if e.is_retryable()) {
+            // The peer closed an idle connection just as it was used: the request is whole in
+            // memory and nothing reached the client, so it goes once more on a fresh one.
+            match connect(endpoint, target.connect_timeout).await {
+                Ok(fresh) => {
+                    conn = fresh;
+                    result = proxy::exchange(down, &mut conn, target.head_timeout).await;
+                }
+                Err(e) => {
+                    let failure = Failure::at(UpstreamError::Connect(e), endpoint);
+                    report(endpoint, started, Err(&failure));
+                    tried.push(index);
+                    last = Some(failure);
+                    continue;
+                }
+            }
+        }
+        return match result {
+            Ok(done) => {
+                report(endpoint, started, Ok(done.status));
+                if done.reusable {
+                    endpoint.pool.put(conn);
+                }
+                Ok(done.status)
+            }
+            Err(e) => {
+                let failure = Failure::at(e, endpoint);
+                report(endpoint, started, Err(&failure));
+                Err(failure)
+            }
+        };
+    }
+}
+
+/// Picks an endpoint and its HTTP/2 connection; a connect failure moves on to the next.
+async fn h2_sender(
+    target: &Target<'_>,
+) -> Result<(Arc<Endpoint>, hyper::client::conn::http2::SendRequest<Body>), Failure> {
+    let mut tried = Vec::new();
+    let mut last = None;
+    loop {
+        let Some((index, endpoint)) = target.set.pick(&tried) else {
+            return Err(last.unwrap_or(Failure {
+                error: UpstreamError::NoEndpoint,
+                address: None,
+            }));
+        };
+        match endpoint
+            .h2
+            .sender(&endpoint.addr, target.connect_timeout)
+            .await
+        {
+            Ok(sender) => return Ok((endpoint.clone(), sender)),
+            Err(e) => {
+                let failure = Failure::at(UpstreamError::Connect(e), endpoint);
+                report(endpoint, Instant::now(), Err(&failure));
+                tried.push(index);
+                last = Some(failure);
+            }
+        }
+    }
+}
+
+/// The URI an HTTP/2 request carries: scheme, authority (the client's host, else the
+/// endpoint's address) and the path.
+fn h2_uri(
+    authority: Option<&str>,
+    endpoint: &Endpoint,
+    path: &str,
+) -> Result<http::Uri, UpstreamError> {
+    let authority = authority.unwrap_or(&endpoint.address);
+    http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| UpstreamError::BadRequest(format!("request target {path:?}: {e}")))
+}
+
+async fn h1_to_h2(
+    down: &mut ServerConn,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+) -> Result<u16, Failure> {
+    let (endpoint, mut sender) = h2_sender(target).await?;
+    let started = Instant::now();
+    let _in_flight = endpoint.begin();
+    let result = h1_to_h2_exchange(down, &endpoint, &mut sender, target, edits).await;
+    report(&endpoint, started, result.as_ref().copied());
+    result
+}
+
+async fn h1_to_h2_exchange(
+    down: &mut ServerConn,
+    endpoint: &Endpoint,
+    sender: &mut hyper::client::conn::http2::SendRequest<Body>,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+) -> Result<u16, Failure> {
+    let fail = |error: UpstreamError| Failure::at(error, endpoint);
+    let head = &down.head;
+    let host = head
+        .header("host")
+        .and_then(|h| std::str::from_utf8(h).ok());
+    let path = edits.target.unwrap_or(head.target());
+    let mut request = Request::builder()
+        .method(head.method.clone())
+        .uri(h2_uri(host, endpoint, path).map_err(fail)?)
+        .version(http::Version::HTTP_2);
+    let connection = ConnectionTokens::of(head.headers());
+    let headers = request.headers_mut().expect("the builder has no error yet");
+    for (name, value) in head.headers() {
+        if name.eq_ignore_ascii_case(b"host") || !head::forwards(name, &connection, edits) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            headers.append(name, value);
+        }
+    }
+    add_edits(headers, edits);
+    let (body, frames) = if down.body.is_done() {
+        (Empty::new().map_err(|never| match never {}).boxed(), None)
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        (StreamBody::new(stream).boxed(), Some(tx))
+    };
+    // Kept to cut the request stream if the answer comes before the body is sent whole.
+    let mut abort = frames.clone();
+    let request = request
+        .body(body)
+        .map_err(|e| fail(UpstreamError::BadRequest(e.to_string())))?;
+    let send = sender.send_request(request);
+    let response = {
+        let pump = {
+            let down = &mut *down;
+            async move {
+                let Some(tx) = frames else {
+                    return std::future::pending().await;
+                };
+                while let Some(chunk) = down.next_body_chunk().await? {
+                    if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        };
+        let exchange = async {
+            match target.head_timeout {
+                Some(limit) => tokio::time::timeout(limit, send)
+                    .await
+                    .map_err(|_| UpstreamError::Timeout(limit))?
+                    .map_err(UpstreamError::H2),
+                None => send.await.map_err(UpstreamError::H2),
+            }
+        };
+        tokio::pin!(pump, exchange);
+        let mut pumped = abort.is_none();
+        loop {
+            tokio::select! {
+                biased;
+                response = &mut exchange => break response.map_err(fail)?,
+                done = &mut pump, if !pumped => match done {
+                    Ok(()) => {
+                        pumped = true;
+                        abort = None; // the last sender gone ends the request body
+                    }
+                    Err(e) => return Err(fail(ForwardError::RequestBody(e).into())),
+                },
+            }
+        }
+    };
+    if let Some(tx) = abort.take() {
+        // Answered before the whole body was sent: cut the request stream rather than let it
+        // look complete, and close the client connection (the rest of its body is unread).
+        let _ = tx.try_send(Err(
+            "the upstream answered before the request body ended".into()
+        ));
+        down.keep_alive = false;
+    }
+    write_h2_response(down, response).await.map_err(fail)
+}
+
+fn add_edits(headers: &mut http::HeaderMap, edits: &HeaderEdits<'_>) {
+    for (name, value) in edits.added() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// Writes an HTTP/2 response to an HTTP/1.1 client, streaming its body.
+async fn write_h2_response(
+    down: &mut ServerConn,
+    response: Response<Incoming>,
+) -> Result<u16, UpstreamError> {
+    let status = response.status().as_u16();
+    let (parts, mut body) = response.into_parts();
+    let no_body = down.head.method == http::Method::HEAD
+        || status == 204
+        || status == 304
+        || (100..200).contains(&status);
+    let out = if no_body {
+        BodyLength::Empty
+    } else if let Some(n) = http_body::Body::size_hint(&body).exact() {
+        BodyLength::Length(n)
+    } else if down.head.http10 {
+        down.keep_alive = false;
+        BodyLength::CloseDelimited
+    } else {
+        BodyLength::Chunked
+    };
+    down.wbuf.clear();
+    head::put_status_line(&mut down.wbuf, status, b"");
+    for (name, value) in &parts.headers {
+        let keep_length = no_body && name == http::header::CONTENT_LENGTH;
+        if keep_length || !head::is_hop_by_hop(name.as_str().as_bytes()) {
+            head::put_header(&mut down.wbuf, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if !down.keep_alive {
+        down.wbuf.extend_from_slice(b"Connection: close\r\n");
+    }
+    head::put_framing(&mut down.wbuf, out);
+    down.wbuf.extend_from_slice(b"\r\n");
+    down.responded = true;
+    let downstream = |e| UpstreamError::Forward(ForwardError::Downstream(e));
+    if !no_body {
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| UpstreamError::Forward(ForwardError::AfterResponse(e.to_string())))?;
+            if let Ok(data) = frame.into_data() {
+                if !data.is_empty() {
+                    put_body(&mut down.wbuf, &data, out);
+                    down.stream
+                        .write_all(&down.wbuf)
+                        .await
+                        .map_err(downstream)?;
+                    down.wbuf.clear();
+                }
+            }
+        }
+        if out == BodyLength::Chunked {
+            down.wbuf.extend_from_slice(LAST_CHUNK);
+        }
+    }
+    down.stream
+        .write_all(&down.wbuf)
+        .await
+        .map_err(downstream)?;
+    down.wbuf.clear();
+    Ok(status)
+}
+
+// === from an HTTP/2 client ===
+
+/// Forwards an HTTP/2 request to `target`; the response streams back as hyper's body.
+pub(crate) async fn from_h2(
+    request: Request<Incoming>,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+) -> Result<Response<Body>, Failure> {
+    match target.protocol {
+        Protocol::H2c => h2_to_h2(request, target, edits).await,
+        Protocol::Http1 => h2_to_h1(request, target, edits).await,
+    }
+}
+
+async fn h2_to_h2(
+    request: Request<Incoming>,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+) -> Result<Response<Body>, Failure> {
+    let (endpoint, mut sender) = h2_sender(target).await?;
+    let started = Instant::now();
+    let _in_flight = endpoint.begin();
+    let fail = |error: UpstreamError| Failure::at(error, &endpoint);
+    let (mut parts, body) = request.into_parts();
+    let path = edits
+        .target
+        .map(str::to_string)
+        .or_else(|| parts.uri.path_and_query().map(|p| p.to_string()))
+        .unwrap_or_else(|| "/".to_string());
+    let authority = parts.uri.authority().map(|a| a.to_string());
+    parts.uri = h2_uri(authority.as_deref(), &endpoint, &path).map_err(fail)?;
+    let names: Vec<HeaderName> = parts.headers.keys().cloned().collect();
+    for name in names {
+        if head::is_hop_by_hop(name.as_str().as_bytes()) || edits.removes(name.as_str().as_bytes())
+        {
+            parts.headers.remove(&name);
+        }
+    }
+    add_edits(&mut parts.headers, edits);
+    let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+    let send = sender.send_request(request);
+    let result = match target.head_timeout {
+        Some(limit) => tokio::time::timeout(limit, send)
+            .await
+            .map_err(|_| fail(UpstreamError::Timeout(limit)))
+            .and_then(|r| r.map_err(|e| fail(e.into()))),
+        None => send.await.map_err(|e| fail(e.into())),
+    };
+    report(
+        &endpoint,
+        started,
+        result.as_ref().map(|r| r.status().as_u16()),
+    );
+    result.map(|response| response.map(|b| b.map_err(BoxError::from).boxed()))
+}
+
+async fn h2_to_h1(
+    request: Request<Incoming>,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+) -> Result<Response<Body>, Failure> {
+    let (parts, mut body) = request.into_parts();
+    let framing = if http_body::Body::is_end_stream(&body) {
+        if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+            BodyLength::Length(0)
+        } else {
+            BodyLength::Empty
+        }
+    } else {
+        match http_body::Body::size_hint(&body).exact() {
+            Some(n) => BodyLength::Length(n),
+            None => BodyLength::Chunked,
+        }
+    };
+    let mut head_bytes = Vec::with_capacity(512);
+    write_h2_request_head(&mut head_bytes, &parts, edits, framing);
+    let request_was_head = parts.method == http::Method::HEAD;
+
+    let mut tried = Vec::new();
+    let mut last = None;
+    let (endpoint, mut conn, started) = loop {
+        let Some((index, endpoint)) = target.set.pick(&tried) else {
+            return Err(last.unwrap_or(Failure {
+                error: UpstreamError::NoEndpoint,
+                address: None,
+            }));
+        };
+        let started = Instant::now();
+        match endpoint.pool.take() {
+            Some(conn) => break (endpoint.clone(), conn, started),
+            None => match connect(endpoint, target.connect_timeout).await {
+                Ok(conn) => break (endpoint.clone(), conn, started),
+                Err(e) => {
+                    let failure = Failure::at(UpstreamError::Connect(e), endpoint);
+                    report(endpoint, started, Err(&failure));
+                    tried.push(index);
+                    last = Some(failure);
+                }
+            },
+        }
+    };
+    let fail = |error: UpstreamError| Failure::at(error, &endpoint);
+    conn.reused = true;
+    let body_done = {
+        let (rbuf, wbuf, response_head) = (&mut conn.rbuf, &mut conn.wbuf, &mut conn.head);
+        let (mut up_r, mut up_w) = conn.stream.split();
+        let send_then_head = async {
+            up_w.write_all(&head_bytes)
+                .await
+                .map_err(ForwardError::Upstream)?;
+            let head =
+                proxy::read_response_head(&mut up_r, rbuf, response_head, request_was_head, None);
+            if framing == BodyLength::Empty || framing == BodyLength::Length(0) {
+                return head.await.map(|()| true);
+            }
+            let copy = async {
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| std::io::Error::other(e.to_string()))?;
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            wbuf.clear();
+                            put_body(wbuf, &data, framing);
+                            up_w.write_all(wbuf).await?;
+                        }
+                    }
+                }
+                if framing == BodyLength::Chunked {
+                    up_w.write_all(LAST_CHUNK).await?;
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            tokio::pin!(copy, head);
+            let mut copied = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    result = &mut head => return result.map(|()| copied),
+                    result = &mut copy, if !copied => {
+                        copied = true;
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "request body not sent whole");
+                        }
+                    }
+                }
+            }
+        };
+        let result = match target.head_timeout {
+            Some(limit) => tokio::time::timeout(limit, send_then_head)
+                .await
+                .unwrap_or(Err(ForwardError::Timeout(limit))),
+            None => send_then_head.await,
+        };
+        match result {
+            Ok(done) => done,
+            Err(e) => {
+                let failure = fail(e.into());
+                report(&endpoint, started, Err(&failure));
+                return Err(failure);
+            }
+        }
+    };
+    let status = conn.head.status;
+    report(&endpoint, started, Ok(status));
+    if conn.head.is_switching_protocols() {
+        return Err(fail(ForwardError::UnaskedUpgrade.into()));
+    }
+    let mut response = Response::builder().status(status);
+    let headers = response
+        .headers_mut()
+        .expect("the builder has no error yet");
+    copy_response_headers(&conn.head, headers);
+    let decoder = BodyDecoder::new(conn.head.body);
+    let body = if decoder.is_done() {
+        let reusable = body_done && conn.head.keep_alive && conn.rbuf.is_empty();
+        if reusable {
+            endpoint.pool.put(conn);
+        }
+        Empty::new().map_err(|never| match never {}).boxed()
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        tokio::spawn(stream_h1_body(
+            endpoint.clone(),
+            conn,
+            decoder,
+            body_done,
+            tx,
+        ));
+        StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
+    };
+    response
+        .body(body)
+        .map_err(|e| fail(UpstreamError::BadRequest(e.to_string())))
+}
+
+/// The HTTP/1.1 head for an HTTP/2 request: `Host` from the authority when the request has
+/// none, hop-by-hop headers dropped, edits applied.
+fn write_h2_request_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    edits: &HeaderEdits<'_>,
+    framing: BodyLength,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let path = edits
+        .target
+        .or_else(|| parts.uri.path_and_query().map(|p| p.as_str()))
+        .unwrap_or("/");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(http::header::HOST) {
+        let host = parts.uri.authority().map_or("localhost", |a| a.as_str());
+        head::put_header(out, b"host", host.as_bytes());
+    }
+    let none = ConnectionTokens::of(std::iter::empty());
+    for (name, value) in &parts.headers {
+        if head::forwards(name.as_str().as_bytes(), &none, edits) {
+            head::put_header(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    head::put_framing(out, framing);
+    for (name, value) in edits.added() {
+        head::put_header(out, name.as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end-to-end headers of an HTTP/1.1 response, for an HTTP/2 one.
+fn copy_response_headers(head: &ResponseHead, headers: &mut http::HeaderMap) {
+    let connection = ConnectionTokens::of(head.headers());
+    for (name, value) in head.headers() {
+        if head::is_hop_by_hop(name) || connection.names(name) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            headers.append(name, value);
+        }
+    }
+}
+
+/// Reads an HTTP/1.1 response body into frames for an HTTP/2 client; the connection goes
+/// back to its pool if the body ended cleanly.
+async fn stream_h1_body(
+    endpoint: Arc<Endpoint>,
+    mut conn: Box<ClientConn>,
+    mut decoder: BodyDecoder,
+    request_done: bool,
+    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) {
+    let until_close = matches!(decoder, BodyDecoder::UntilClose);
+    loop {
+        let step = decoder.next(&mut conn.rbuf);
+        match step {
+            Ok(Decoded::Data(n)) => {
+                let data = conn.rbuf.split_to(n).freeze();
+                if tx.send(Ok(Frame::data(data))).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Decoded::NeedMore) => {
+                conn.rbuf.reserve(READ_CHUNK);
+                let read =
+                    tokio::io::AsyncReadExt::read_buf(&mut conn.stream, &mut conn.rbuf).await;
+                let ended = match read {
+                    Ok(0) => decoder.end_of_input().map_err(|e| e.to_string()),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = ended {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            }
+            Ok(Decoded::End) => break,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string().into())).await;
+                return;
+            }
+        }
+    }
+    if request_done && !until_close && conn.head.keep_alive && !conn.rbuf.has_remaining() {
+        endpoint.pool.put(conn);
+    }
+}
