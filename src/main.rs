@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use outrigger_config::Snapshot;
-use outrigger_proxy::{AppProtocol, MovablePorts, SidecarOptions};
+use outrigger_proxy::{AppProtocol, MovablePorts, Protocol, SidecarOptions};
 
 #[derive(Parser)]
 #[command(
@@ -16,8 +16,8 @@ use outrigger_proxy::{AppProtocol, MovablePorts, SidecarOptions};
     version,
     about = "A Dapr-compatible building-block runtime and mesh data plane in one sidecar",
     long_about = "Outrigger runs beside each app: the app calls it on localhost with Dapr's HTTP API \
-                  (service invocation by app id), and it carries the call over HTTP/2 to the target \
-                  app's sidecar.\n\nQuick start:\n  outrigger run --app-id b --app-port 8081 -- python3 -m http.server 8081\n  \
+                  (service invocation by app id), and it carries the call to the target app's \
+                  sidecar.\n\nQuick start:\n  outrigger run --app-id b --app-port 8081 -- python3 -m http.server 8081\n  \
                   outrigger run --app-id a --dapr-http-port 3500\n  curl http://127.0.0.1:3500/v1.0/invoke/b/method/"
 )]
 struct Cli {
@@ -133,9 +133,31 @@ struct CommonArgs {
     /// `--max-body-size`: bytes, or with a unit (`4Mi`, `512Ki`, `16M`); larger get 413
     #[arg(long, default_value = "4Mi", value_parser = parse_size)]
     max_body_size: usize,
-    /// Worker threads
+    /// Worker threads (1 runs a single-threaded runtime)
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// How this sidecar talks to other sidecars' mesh listeners, which accept both: pooled
+    /// HTTP/1.1 keep-alive connections (less CPU per request) or HTTP/2 multiplexed over one
+    /// connection per peer
+    #[arg(long, value_enum, default_value_t = MeshProtocolArg::Http1)]
+    mesh_protocol: MeshProtocolArg,
+    /// A request head must arrive whole within this time of its first byte (and a new
+    /// connection must start one within it); a late one is answered 408 and closed
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    header_timeout: Duration,
+    /// A keep-alive connection with no request in flight for this long is closed
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    idle_timeout: Duration,
+    /// Connections each listener holds at most; at the cap it stops accepting (new
+    /// connections wait in the kernel's backlog) until one closes
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Concurrent streams an HTTP/2 client may open on one connection
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    h2_max_concurrent_streams: u32,
+    /// Connecting to another sidecar or to the app gives up after this long
+    #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
+    connect_timeout: Duration,
     /// Required in header dapr-api-token on every Dapr API call except the health checks
     #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true)]
     dapr_api_token: Option<String>,
@@ -153,6 +175,12 @@ enum AppProtocolArg {
     H2c,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum MeshProtocolArg {
+    Http1,
+    H2,
+}
+
 /// `http://host:port`: refused at start-up rather than retried forever.
 fn parse_control_plane(text: &str) -> Result<String, String> {
     let uri: http::Uri = text
@@ -168,6 +196,13 @@ fn parse_control_plane(text: &str) -> Result<String, String> {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     outrigger_config::duration::parse(text)
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?} must be longer than zero")),
+        d => Ok(d),
+    }
 }
 
 fn main() -> ExitCode {
@@ -264,6 +299,15 @@ fn sidecar_options(common: CommonArgs, ports: Ports) -> SidecarOptions {
     options.max_request_header_bytes = common.max_request_headers_kb * 1024;
     options.max_body_bytes = common.max_body_size;
     options.threads = common.threads;
+    options.mesh_protocol = match common.mesh_protocol {
+        MeshProtocolArg::Http1 => Protocol::Http1,
+        MeshProtocolArg::H2 => Protocol::H2c,
+    };
+    options.header_timeout = common.header_timeout;
+    options.idle_timeout = common.idle_timeout;
+    options.max_connections = common.max_connections as usize;
+    options.h2_max_concurrent_streams = common.h2_max_concurrent_streams;
+    options.connect_timeout = common.connect_timeout;
     options
 }
 

@@ -55,20 +55,32 @@ pub(crate) struct FramingHeaders<'a> {
 
 impl<'a> FramingHeaders<'a> {
     /// Notes one header if it is a framing header.
+    #[cfg(test)]
     pub(crate) fn observe(&mut self, name: &[u8], value: &'a [u8]) {
-        let slot = if name.eq_ignore_ascii_case(b"content-length") {
-            &mut self.content_length
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.push_length(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            &mut self.transfer_encoding
-        } else {
-            return;
-        };
-        match slot {
-            [None, _] => slot[0] = Some(value),
-            [Some(_), None] => slot[1] = Some(value),
-            // A third is as wrong as a second; the first two decide.
-            _ => {}
+            self.push_encoding(value);
         }
+    }
+
+    /// Notes a `Content-Length` value.
+    pub(crate) fn push_length(&mut self, value: &'a [u8]) {
+        push(&mut self.content_length, value);
+    }
+
+    /// Notes a `Transfer-Encoding` value.
+    pub(crate) fn push_encoding(&mut self, value: &'a [u8]) {
+        push(&mut self.transfer_encoding, value);
+    }
+}
+
+fn push<'a>(slot: &mut [Option<&'a [u8]>; 2], value: &'a [u8]) {
+    match slot {
+        [None, _] => slot[0] = Some(value),
+        [Some(_), None] => slot[1] = Some(value),
+        // A third is as wrong as a second; the first two decide.
+        _ => {}
     }
 }
 

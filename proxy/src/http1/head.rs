@@ -42,11 +42,73 @@ impl HeadError {
     }
 }
 
-/// One header line: where its name and value sit in the head's buffer.
+/// One header line: where its name and value sit in the head's buffer, and what it is.
 #[derive(Debug, Clone)]
 pub(crate) struct HeaderRange {
     name: Range<usize>,
     value: Range<usize>,
+    kind: HeaderKind,
+}
+
+/// The headers the engine looks at, told apart once when the head is parsed so that nothing
+/// compares names twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderKind {
+    Host,
+    Connection,
+    Upgrade,
+    Expect,
+    ContentLength,
+    TransferEncoding,
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Proxy-Authorization`.
+    OtherHopByHop,
+    EndToEnd,
+}
+
+impl HeaderKind {
+    fn of(name: &[u8]) -> HeaderKind {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => HeaderKind::OtherHopByHop,
+            4 if is(b"host") => HeaderKind::Host,
+            6 if is(b"expect") => HeaderKind::Expect,
+            7 if is(b"upgrade") => HeaderKind::Upgrade,
+            7 if is(b"trailer") => HeaderKind::OtherHopByHop,
+            10 if is(b"connection") => HeaderKind::Connection,
+            10 if is(b"keep-alive") => HeaderKind::OtherHopByHop,
+            14 if is(b"content-length") => HeaderKind::ContentLength,
+            16 if is(b"proxy-connection") => HeaderKind::OtherHopByHop,
+            17 if is(b"transfer-encoding") => HeaderKind::TransferEncoding,
+            19 if is(b"proxy-authorization") => HeaderKind::OtherHopByHop,
+            _ => HeaderKind::EndToEnd,
+        }
+    }
+}
+
+/// Reads a `Connection` header's tokens: whether they say close, keep-alive or upgrade, and
+/// whether they name other headers (which are then hop-by-hop too).
+#[derive(Debug, Default, Clone, Copy)]
+struct ConnectionSays {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    names_others: bool,
+}
+
+impl ConnectionSays {
+    fn read(&mut self, value: &[u8]) {
+        for token in tokens(value) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else {
+                self.names_others = true;
+            }
+        }
+    }
 }
 
 /// A parsed request head. Lives as long as its connection and is refilled for every request,
@@ -56,7 +118,10 @@ pub(crate) struct RequestHead {
     raw: Vec<u8>,
     headers: Vec<HeaderRange>,
     pub(crate) method: Method,
-    target: Range<usize>,
+    /// The request target, copied out once (httparse checked it is text).
+    target: String,
+    /// `Connection` names headers beyond close/keep-alive/upgrade.
+    connection_names_others: bool,
     pub(crate) http10: bool,
     pub(crate) body: BodyLength,
     /// Whether the client lets the connection stay open after this exchange.
@@ -72,7 +137,8 @@ impl Default for RequestHead {
             raw: Vec::with_capacity(1024),
             headers: Vec::with_capacity(32),
             method: Method::GET,
-            target: 0..0,
+            target: String::with_capacity(256),
+            connection_names_others: false,
             http10: false,
             body: BodyLength::Empty,
             keep_alive: true,
@@ -134,37 +200,35 @@ impl RequestHead {
         if !(target.starts_with('/') || (target == "*" && self.method == Method::OPTIONS)) {
             return Err(HeadError::BadTarget(target.to_string()));
         }
-        self.target = range(target.as_bytes());
+        self.target.clear();
+        self.target.push_str(target);
         self.headers.clear();
         let mut framing = FramingHeaders::default();
         let mut hosts = 0;
-        let mut close = false;
-        let mut keep_alive_token = false;
-        let mut connection_upgrade = false;
+        let mut connection = ConnectionSays::default();
         let mut upgrade_header = false;
         self.expect_continue = false;
         for header in request.headers.iter() {
             let name = header.name.as_bytes();
-            framing.observe(name, header.value);
-            if name.eq_ignore_ascii_case(b"host") {
-                hosts += 1;
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in tokens(header.value) {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-                    connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+            let kind = HeaderKind::of(name);
+            match kind {
+                HeaderKind::Host => hosts += 1,
+                HeaderKind::Connection => connection.read(header.value),
+                HeaderKind::Upgrade => upgrade_header = true,
+                HeaderKind::Expect => {
+                    self.expect_continue = header
+                        .value
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(b"100-continue")
                 }
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade_header = true;
-            } else if name.eq_ignore_ascii_case(b"expect") {
-                self.expect_continue = header
-                    .value
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(b"100-continue");
+                HeaderKind::ContentLength => framing.push_length(header.value),
+                HeaderKind::TransferEncoding => framing.push_encoding(header.value),
+                HeaderKind::OtherHopByHop | HeaderKind::EndToEnd => {}
             }
             self.headers.push(HeaderRange {
                 name: range(name),
                 value: range(header.value),
+                kind,
             });
         }
         match hosts {
@@ -174,11 +238,12 @@ impl RequestHead {
         }
         self.body = framing::request_length(&framing, self.http10)?;
         self.keep_alive = if self.http10 {
-            keep_alive_token && !close
+            connection.keep_alive && !connection.close
         } else {
-            !close
+            !connection.close
         };
-        self.upgrade = connection_upgrade && upgrade_header;
+        self.upgrade = connection.upgrade && upgrade_header;
+        self.connection_names_others = connection.names_others;
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         Ok(Parsed::Complete(len))
@@ -186,8 +251,7 @@ impl RequestHead {
 
     /// The request target as received: `/path?query`.
     pub(crate) fn target(&self) -> &str {
-        // The range came from httparse's &str of the same bytes.
-        std::str::from_utf8(&self.raw[self.target.clone()]).unwrap_or("/")
+        &self.target
     }
 
     pub(crate) fn path(&self) -> &str {
@@ -229,6 +293,8 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 pub(crate) struct ResponseHead {
     raw: Vec<u8>,
     headers: Vec<HeaderRange>,
+    /// `Connection` names headers beyond close/keep-alive/upgrade.
+    connection_names_others: bool,
     pub(crate) status: u16,
     reason: Range<usize>,
     pub(crate) http10: bool,
@@ -242,6 +308,7 @@ impl Default for ResponseHead {
         ResponseHead {
             raw: Vec::with_capacity(512),
             headers: Vec::with_capacity(16),
+            connection_names_others: false,
             status: 0,
             reason: 0..0,
             http10: false,
@@ -292,28 +359,29 @@ impl ResponseHead {
         self.reason = range(response.reason.unwrap_or_default().as_bytes());
         self.headers.clear();
         let mut framing = FramingHeaders::default();
-        let mut close = false;
-        let mut keep_alive_token = false;
+        let mut connection = ConnectionSays::default();
         for header in response.headers.iter() {
             let name = header.name.as_bytes();
-            framing.observe(name, header.value);
-            if name.eq_ignore_ascii_case(b"connection") {
-                for token in tokens(header.value) {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
+            let kind = HeaderKind::of(name);
+            match kind {
+                HeaderKind::Connection => connection.read(header.value),
+                HeaderKind::ContentLength => framing.push_length(header.value),
+                HeaderKind::TransferEncoding => framing.push_encoding(header.value),
+                _ => {}
             }
             self.headers.push(HeaderRange {
                 name: range(name),
                 value: range(header.value),
+                kind,
             });
         }
         self.body = framing::response_length(self.status, request_was_head, &framing)?;
         self.keep_alive = if self.http10 {
-            keep_alive_token && !close
+            connection.keep_alive && !connection.close
         } else {
-            !close
+            !connection.close
         };
+        self.connection_names_others = connection.names_others;
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         Ok(Parsed::Complete(len))
@@ -457,11 +525,20 @@ pub(crate) fn write_request_head(
     out.push(b' ');
     out.extend_from_slice(edits.target.unwrap_or(request.target()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let connection = ConnectionTokens::of(request.headers());
-    for (name, value) in request.headers() {
-        let keep_upgrade = request.upgrade && name.eq_ignore_ascii_case(b"upgrade");
-        if keep_upgrade || forwards(name, &connection, edits) {
-            put_header(out, name, value);
+    for header in &request.headers {
+        let name = &request.raw[header.name.clone()];
+        let forward = match header.kind {
+            HeaderKind::Upgrade => request.upgrade,
+            HeaderKind::Host | HeaderKind::Expect | HeaderKind::EndToEnd => {
+                let dropped = edits.removes(name)
+                    || (request.connection_names_others
+                        && named_in_connection(&request.raw, &request.headers, name));
+                !dropped
+            }
+            _ => false,
+        };
+        if forward {
+            put_header(out, name, &request.raw[header.value.clone()]);
         }
     }
     if request.upgrade {
@@ -474,31 +551,75 @@ pub(crate) fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether `name` is listed in one of the head's `Connection` headers.
+fn named_in_connection(raw: &[u8], headers: &[HeaderRange], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.kind == HeaderKind::Connection)
+        .any(|h| tokens(&raw[h.value.clone()]).any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// What a response says about its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Persistence {
+    /// HTTP/1.1 default: nothing to say.
+    KeepAlive,
+    /// An HTTP/1.0 client asked to keep the connection: it must hear `Connection: keep-alive`.
+    KeepAliveHttp10,
+    /// The connection ends after this response.
+    Close,
+}
+
+impl Persistence {
+    pub(crate) fn of(keep_alive: bool, http10: bool) -> Persistence {
+        match (keep_alive, http10) {
+            (false, _) => Persistence::Close,
+            (true, true) => Persistence::KeepAliveHttp10,
+            (true, false) => Persistence::KeepAlive,
+        }
+    }
+
+    pub(crate) fn header(self) -> &'static [u8] {
+        match self {
+            Persistence::KeepAlive => b"",
+            Persistence::KeepAliveHttp10 => b"Connection: keep-alive\r\n",
+            Persistence::Close => b"Connection: close\r\n",
+        }
+    }
+}
+
 /// Writes a response head for the client: status line, end-to-end headers, `body`'s framing
-/// header, and `Connection: close` when the connection ends after it. `pass_length` keeps the
+/// header, and what `persistence` says about the connection. `pass_length` keeps the
 /// upstream's `Content-Length` as it was (answers to HEAD, and 304, describe a body they do
 /// not carry).
 pub(crate) fn write_response_head(
     out: &mut Vec<u8>,
     response: &ResponseHead,
     body: BodyLength,
-    close: bool,
+    persistence: Persistence,
     pass_length: bool,
 ) {
     put_status_line(out, response.status, response.reason());
-    let connection = ConnectionTokens::of(response.headers());
     let switching = response.is_switching_protocols();
-    for (name, value) in response.headers() {
-        let keep = (switching && name.eq_ignore_ascii_case(b"upgrade"))
-            || (pass_length && name.eq_ignore_ascii_case(b"content-length"));
-        if keep || !(is_hop_by_hop(name) || connection.names(name)) {
-            put_header(out, name, value);
+    for header in &response.headers {
+        let name = &response.raw[header.name.clone()];
+        let forward = match header.kind {
+            HeaderKind::Upgrade => switching,
+            HeaderKind::ContentLength => pass_length,
+            HeaderKind::Host | HeaderKind::Expect | HeaderKind::EndToEnd => {
+                !(response.connection_names_others
+                    && named_in_connection(&response.raw, &response.headers, name))
+            }
+            _ => false,
+        };
+        if forward {
+            put_header(out, name, &response.raw[header.value.clone()]);
         }
     }
     if switching {
         out.extend_from_slice(b"connection: upgrade\r\n");
-    } else if close {
-        out.extend_from_slice(b"Connection: close\r\n");
+    } else {
+        out.extend_from_slice(persistence.header());
     }
     put_framing(out, body);
     out.extend_from_slice(b"\r\n");
@@ -724,7 +845,13 @@ mod tests {
         assert!(!response.keep_alive);
         assert_eq!(response.body, BodyLength::Length(2));
         let mut out = Vec::new();
-        write_response_head(&mut out, &response, BodyLength::Length(2), false, false);
+        write_response_head(
+            &mut out,
+            &response,
+            BodyLength::Length(2),
+            Persistence::KeepAlive,
+            false,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 201 Made\r\nX-A: b\r\ncontent-length: 2\r\n\r\n"

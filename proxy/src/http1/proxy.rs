@@ -15,7 +15,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::client::{ClientConn, MAX_RESPONSE_HEAD};
 use super::framing::{put_body, BodyDecoder, BodyLength, Decoded, FramingError, LAST_CHUNK};
-use super::head::{self, HeaderEdits, Parsed, ResponseHead, ResponseHeadError};
+use super::head::{self, HeaderEdits, Parsed, Persistence, ResponseHead, ResponseHeadError};
 use super::server::{BodyError, ConnTimer, ServerConn};
 use super::READ_CHUNK;
 
@@ -165,7 +165,8 @@ pub(crate) async fn exchange(
     };
     down.wbuf.clear();
     let pass_length = request_was_head || status == 304;
-    head::write_response_head(&mut down.wbuf, &up.head, out, !down.keep_alive, pass_length);
+    let persistence = down.persistence();
+    head::write_response_head(&mut down.wbuf, &up.head, out, persistence, pass_length);
     down.responded = true;
     send_response_body(down, up, response_body, out).await?;
     let reusable = body_done
@@ -302,7 +303,7 @@ pub(crate) async fn read_response_head(
                             &mut relay,
                             head,
                             BodyLength::Empty,
-                            false,
+                            Persistence::KeepAlive,
                             false,
                         );
                         client
@@ -390,7 +391,13 @@ async fn read_upstream(up: &mut ClientConn, decoder: &mut BodyDecoder) -> Result
 async fn tunnel(down: &mut ServerConn, up: &mut ClientConn) -> Result<Forwarded, ForwardError> {
     down.keep_alive = false;
     down.wbuf.clear();
-    head::write_response_head(&mut down.wbuf, &up.head, BodyLength::Empty, false, false);
+    head::write_response_head(
+        &mut down.wbuf,
+        &up.head,
+        BodyLength::Empty,
+        Persistence::KeepAlive,
+        false,
+    );
     down.wbuf.extend_from_slice(&up.rbuf);
     up.rbuf.clear();
     down.responded = true;

@@ -362,6 +362,11 @@ impl ServerConn {
         }
     }
 
+    /// What the response to the current request says about the connection.
+    pub(crate) fn persistence(&self) -> head::Persistence {
+        head::Persistence::of(self.keep_alive, self.head.http10)
+    }
+
     /// Writes `answer` as the whole response.
     pub(crate) async fn answer(&mut self, answer: &Answer) -> std::io::Result<()> {
         if answer.close {
@@ -372,9 +377,8 @@ impl ServerConn {
         for (name, value) in &answer.headers {
             head::put_header(&mut self.wbuf, name.as_bytes(), value.as_bytes());
         }
-        if !self.keep_alive {
-            self.wbuf.extend_from_slice(b"Connection: close\r\n");
-        }
+        let persistence = self.persistence();
+        self.wbuf.extend_from_slice(persistence.header());
         if answer.status != 204 && answer.status != 304 {
             head::put_framing(&mut self.wbuf, BodyLength::Length(answer.body.len() as u64));
         }

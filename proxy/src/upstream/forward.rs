@@ -402,9 +402,8 @@ async fn write_h2_response(
             head::put_header(&mut down.wbuf, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    if !down.keep_alive {
-        down.wbuf.extend_from_slice(b"Connection: close\r\n");
-    }
+    let persistence = down.persistence();
+    down.wbuf.extend_from_slice(persistence.header());
     head::put_framing(&mut down.wbuf, out);
     down.wbuf.extend_from_slice(b"\r\n");
     down.responded = true;

@@ -65,13 +65,22 @@ pub(crate) fn classify(
         .map(str::to_string)
         .or_else(|| from_basic.clone());
     let via_basic_auth = app_id_header.is_none() && from_basic.is_some();
-    let with_query = |p: &str| match query {
-        Some(q) => format!("{p}?{q}"),
-        None => p.to_string(),
+    // `/<path>?<query>`, built in one allocation.
+    let with_query = |slash: bool, p: &str| {
+        let mut target = String::with_capacity(1 + p.len() + query.map_or(0, |q| q.len() + 1));
+        if slash {
+            target.push('/');
+        }
+        target.push_str(p);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
+        }
+        target
     };
 
     if let Some(rest) = path.strip_prefix("/v1.0/invoke/") {
-        let (url_id, method_path) = match rest.split_once("/method/") {
+        let (url_id, method_path) = match split_method(rest) {
             Some((id, m)) => (id, Some(m)),
             None => (rest.trim_end_matches('/').trim_end_matches("/method"), None),
         };
@@ -83,7 +92,7 @@ pub(crate) fn classify(
             Some(m) if !m.is_empty() => m,
             _ => return ApiRoute::NoMethod(app),
         };
-        return invoke(&app, with_query(&format!("/{method_path}")), via_basic_auth);
+        return invoke(&app, with_query(true, method_path), via_basic_auth);
     }
 
     match (path, method) {
@@ -104,9 +113,18 @@ pub(crate) fn classify(
     }
 
     match explicit {
-        Some(app) if !app.is_empty() => invoke(&app, with_query(path), via_basic_auth),
+        Some(app) if !app.is_empty() => invoke(&app, with_query(false, path), via_basic_auth),
         _ => ApiRoute::NoAppId,
     }
+}
+
+/// `{id}/method/{method}` split at the first `/method/` (a plain scan: a substring searcher is
+/// costlier to build than this path is long).
+fn split_method(rest: &str) -> Option<(&str, &str)> {
+    const SEP: &str = "/method/";
+    rest.match_indices('/')
+        .find(|(i, _)| rest[*i..].starts_with(SEP))
+        .map(|(i, _)| (&rest[..i], &rest[i + SEP.len()..]))
 }
 
 fn state_call(method: &http::Method, rest: &str) -> StateCall {
