@@ -115,3 +115,46 @@ async fn the_mesh_listener_refuses_the_same_malformed_requests() {
         .unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_content_length_list_is_400_even_when_the_values_agree() {
+    let mesh = start_pair();
+    let request =
+        b"POST /v1.0/invoke/b/method/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello";
+    assert_refused(
+        mesh.a.dapr_http,
+        request,
+        "HTTP/1.1 400",
+        r#"Content-Length \"5, 5\" is not a single decimal number"#,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_host_is_400() {
+    let mesh = start_pair();
+    assert_refused(
+        mesh.a.dapr_http,
+        b"GET /v1.0/invoke/b/method/echo HTTP/1.1\r\nX-Other: 1\r\n\r\n",
+        "HTTP/1.1 400",
+        "HTTP/1.1 request without a Host header",
+    )
+    .await;
+    let mesh_addr = std::net::SocketAddr::from(([127, 0, 0, 1], mesh.b.mesh.port()));
+    let (response, closed) = raw_exchange(mesh_addr, b"GET /echo HTTP/1.1\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("without a Host header"), "{response}");
+    assert!(closed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transfer_coding_other_than_chunked_is_501() {
+    let mesh = start_pair();
+    assert_refused(
+        mesh.a.dapr_http,
+        b"POST /v1.0/invoke/b/method/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 501",
+        "only \\\"chunked\\\" is",
+    )
+    .await;
+}

@@ -50,6 +50,23 @@ async fn every_verb_is_passed_through() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn any_method_token_reaches_the_app() {
+    let mesh = start_pair();
+    let method = reqwest::Method::from_bytes(b"FOO").unwrap();
+    let response = client()
+        .request(method, mesh.a.url("/v1.0/invoke/b/method/custom"))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echo = echo_of(response).await;
+    assert_eq!(echo["method"], "FOO");
+    assert_eq!(echo["path"], "/custom");
+    assert_eq!(echo["body"], "payload");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn header_form_proxies_the_whole_path_and_strips_the_header() {
     let mesh = start_pair();
     let response = client()
