@@ -1,5 +1,5 @@
-//! `outrigger bench` end to end, tiny: every scenario (direct, Outrigger 1 and 2 hops, nginx and
-//! haproxy 2 hops) really runs, and the report, raw results and plots are written. Counts and
+//! `outrigger bench` end to end, tiny: every scenario (direct, Outrigger 1 and 2 hops on one
+//! and on the default worker threads, nginx and haproxy 2 hops) really runs, and the report, raw results and plots are written. Counts and
 //! presence only — performance is never asserted in tests.
 
 mod support;
@@ -9,10 +9,11 @@ use std::process::Command;
 use serde_json::Value;
 use support::outrigger_bin;
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 6] = [
     "direct",
     "outrigger-1hop",
     "outrigger-2hop",
+    "outrigger-2hop-mt",
     "nginx-2hop",
     "haproxy-2hop",
 ];
@@ -45,6 +46,14 @@ fn a_tiny_bench_run_reports_every_scenario_with_nonzero_counts() {
         stdout.contains("throughput per proxy CPU-second at saturation"),
         "{stdout}"
     );
+    for line in [
+        "proxy CPU per request per hop at saturation: outrigger-2hop ",
+        "p50 at 200 req/s: outrigger-2hop ",
+        "p99 at 200 req/s: outrigger-2hop ",
+        "samples above it per run (too few for a stable p99",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
 
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     for section in ["## saturation (closed loop)", "## 200 req/s (open loop"] {

@@ -130,7 +130,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     drop(topology);
 
     let summaries = report::summarise(&results);
-    let headline = report::headline(&summaries);
+    let headline = report::headline(&results, &summaries);
     let context = context_text(&args, server_cpu.is_some(), cpus);
     std::fs::write(
         out.join("report.md"),

@@ -24,6 +24,15 @@ pub struct Summary {
     pub p999_us: f64,
     pub max_us: f64,
     pub cpu_s_per_1000: f64,
+    /// Proxy CPU per request and per proxy on the path, microseconds (median).
+    pub cpu_us_per_request_per_hop: Option<f64>,
+    /// Spread over the repetitions: (min, max).
+    pub p50_range_us: (f64, f64),
+    pub p99_range_us: (f64, f64),
+    pub cpu_us_per_hop_range: Option<(f64, f64)>,
+    /// Latency samples above p99 in the thinnest repetition: a p99 resting on fewer than 100
+    /// is mostly noise.
+    pub min_samples_above_p99: u64,
     pub peak_rss_bytes: u64,
     /// Latency-by-percentile curve of the median repetition (by p50), for the plots.
     pub curve: Vec<(f64, f64)>,
@@ -50,6 +59,13 @@ pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
             let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(|r| f(r)).collect());
             let mut by_p50: Vec<&&RunResult> = runs.iter().collect();
             by_p50.sort_by(|a, b| a.report.latency.p50_us.total_cmp(&b.report.latency.p50_us));
+            let range = |f: &dyn Fn(&RunResult) -> f64| {
+                runs.iter()
+                    .map(|r| f(r))
+                    .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
+            };
+            let hops = runs[0].scenario.hops();
+            let per_hop = |r: &RunResult| r.cpu_seconds_per_1000() * 1000.0 / f64::from(hops);
             Summary {
                 scenario: runs[0].scenario,
                 point: runs[0].point.clone(),
@@ -66,6 +82,11 @@ pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
                 p999_us: m(&|r| r.report.latency.p999_us),
                 max_us: m(&|r| r.report.latency.max_us),
                 cpu_s_per_1000: m(&|r| r.cpu_seconds_per_1000()),
+                cpu_us_per_request_per_hop: (hops > 0).then(|| m(&per_hop)),
+                p50_range_us: range(&|r| r.report.latency.p50_us),
+                p99_range_us: range(&|r| r.report.latency.p99_us),
+                cpu_us_per_hop_range: (hops > 0).then(|| range(&per_hop)),
+                min_samples_above_p99: runs.iter().map(|r| r.report.ok / 100).min().unwrap_or(0),
                 peak_rss_bytes: runs.iter().map(|r| r.max_rss()).max().unwrap_or(0),
                 curve: by_p50[by_p50.len() / 2].report.latency_curve.clone(),
             }
@@ -106,9 +127,81 @@ pub struct Headline {
     pub cpu_ratio: Option<f64>,
     pub outrigger_rss_mb: Option<f64>,
     pub peer_rss_mb: BTreeMap<String, f64>,
+    /// Outrigger 2-hop's proxy CPU per request per hop ÷ the best peer's, at saturation:
+    /// (median, min, max) of the per-repetition ratios.
+    pub cpu_per_hop_ratio: Option<Ratio>,
+    /// Outrigger 2-hop's p50 and p99 ÷ the best peer's at the lowest fixed rate.
+    pub p50_ratio: Option<Ratio>,
+    pub p99_ratio: Option<Ratio>,
+    /// Latency samples above p99 in the thinnest run at that rate.
+    pub min_samples_above_p99: Option<u64>,
 }
 
-pub fn headline(summaries: &[Summary]) -> Headline {
+/// A ratio taken within each repetition (the scenarios of a repetition run back to back),
+/// then summarised over repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub peer: String,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// The two medians the ratio compares: Outrigger's, then the peer's.
+    pub values: (f64, f64),
+}
+
+impl Ratio {
+    fn text(&self) -> String {
+        format!(
+            "ratio {:.2} (repetitions {:.2}–{:.2})",
+            self.median, self.min, self.max
+        )
+    }
+}
+
+/// `ours ÷ peer` per repetition at `point`, for the peer whose median of `metric` is best
+/// (lowest): its median and spread.
+fn per_repetition_ratio(
+    results: &[RunResult],
+    summaries: &[Summary],
+    point: &LoadPoint,
+    metric: &dyn Fn(&RunResult) -> f64,
+    summary_metric: &dyn Fn(&Summary) -> Option<f64>,
+) -> Option<Ratio> {
+    let best = summaries
+        .iter()
+        .filter(|s| s.scenario.is_peer() && &s.point == point)
+        .filter_map(|s| Some((s.scenario, summary_metric(s)?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))?;
+    let ours = summaries
+        .iter()
+        .find(|s| s.scenario == ScenarioName::Outrigger2Hop && &s.point == point)
+        .and_then(summary_metric)?;
+    let run = |name: ScenarioName, repetition: usize| {
+        results
+            .iter()
+            .find(|r| r.scenario == name && &r.point == point && r.repetition == repetition)
+    };
+    let ratios: Vec<f64> = results
+        .iter()
+        .filter(|r| r.scenario == ScenarioName::Outrigger2Hop && &r.point == point)
+        .filter_map(|r| {
+            let peer = metric(run(best.0, r.repetition)?);
+            (peer > 0.0).then(|| metric(r) / peer)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    Some(Ratio {
+        peer: best.0.as_str().to_string(),
+        median: median(ratios.clone()),
+        min: ratios.iter().copied().fold(f64::MAX, f64::min),
+        max: ratios.iter().copied().fold(f64::MIN, f64::max),
+        values: (ours, best.1),
+    })
+}
+
+pub fn headline(results: &[RunResult], summaries: &[Summary]) -> Headline {
     let mut h = Headline::default();
     let rate = summaries
         .iter()
@@ -165,6 +258,32 @@ pub fn headline(summaries: &[Summary]) -> Headline {
         }
     }
     let sat = LoadPoint::Saturation;
+    let per_hop = |r: &RunResult| r.cpu_seconds_per_1000() * 1000.0 / f64::from(r.scenario.hops());
+    h.cpu_per_hop_ratio = per_repetition_ratio(results, summaries, &sat, &per_hop, &|s| {
+        s.cpu_us_per_request_per_hop
+    });
+    if let Some(rps) = rate {
+        let point = LoadPoint::Rate { rps };
+        h.p50_ratio = per_repetition_ratio(
+            results,
+            summaries,
+            &point,
+            &|r| r.report.latency.p50_us,
+            &|s| Some(s.p50_us),
+        );
+        h.p99_ratio = per_repetition_ratio(
+            results,
+            summaries,
+            &point,
+            &|r| r.report.latency.p99_us,
+            &|s| Some(s.p99_us),
+        );
+        h.min_samples_above_p99 = summaries
+            .iter()
+            .filter(|s| s.point == point)
+            .map(|s| s.min_samples_above_p99)
+            .min();
+    }
     if let Some(ours) =
         find(ScenarioName::Outrigger2Hop, &sat).and_then(Summary::requests_per_cpu_second)
     {
@@ -211,6 +330,41 @@ impl Headline {
             lines.push(format!(
                 "throughput per proxy CPU-second at saturation: outrigger-2hop {ours:.0} vs {peer} {theirs:.0} → ratio {} (goal ≥ 1.5)",
                 fmt_ratio(self.cpu_ratio)
+            ));
+        }
+        if let Some(ratio) = &self.cpu_per_hop_ratio {
+            lines.push(format!(
+                "proxy CPU per request per hop at saturation: outrigger-2hop {:.1} µs vs {} {:.1} µs → {} (goal ≤ 1.0, aiming at 0.67)",
+                ratio.values.0,
+                ratio.peer,
+                ratio.values.1,
+                ratio.text()
+            ));
+        }
+        for (label, ratio) in [("p50", &self.p50_ratio), ("p99", &self.p99_ratio)] {
+            if let Some(ratio) = ratio {
+                lines.push(format!(
+                    "{label} at {rate}: outrigger-2hop {:.0} µs vs {} {:.0} µs → {}{}",
+                    ratio.values.0,
+                    ratio.peer,
+                    ratio.values.1,
+                    ratio.text(),
+                    if label == "p50" {
+                        " (goal ≤ 1.0)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        if let Some(samples) = self.min_samples_above_p99 {
+            let verdict = if samples >= 100 {
+                "enough for a stable p99"
+            } else {
+                "too few for a stable p99: run longer (--duration)"
+            };
+            lines.push(format!(
+                "p99 at {rate} rests on at least {samples} samples above it per run ({verdict})"
             ));
         }
         if let Some(mb) = self.outrigger_rss_mb {
@@ -263,33 +417,44 @@ pub fn markdown(summaries: &[Summary], headline: &Headline, context: &str) -> St
             let _ = writeln!(md, "\n## {label} ({mode})\n");
             let _ = writeln!(
                 md,
-                "| scenario | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors | proxy CPU s / 1000 req | peak proxy RSS MB | requests |"
+                "| scenario | req/s | p50 µs (min–max) | p90 µs | p99 µs (min–max) | p99.9 µs | max µs | errors | proxy CPU s / 1000 req | CPU µs / req / hop (min–max) | peak proxy RSS MB | requests |"
             );
             let _ = writeln!(
                 md,
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
             );
             current = Some(label);
         }
+        let per_hop = match (s.cpu_us_per_request_per_hop, s.cpu_us_per_hop_range) {
+            (Some(m), Some((lo, hi))) => format!("{m:.1} ({lo:.1}–{hi:.1})"),
+            _ => "—".to_string(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.4} | {:.1} | {} |",
+            "| {} | {:.0} | {:.0} ({:.0}–{:.0}) | {:.0} | {:.0} ({:.0}–{:.0}) | {:.0} | {:.0} | {} | {:.4} | {} | {:.1} | {} |",
             s.scenario.as_str(),
             s.throughput,
             s.p50_us,
+            s.p50_range_us.0,
+            s.p50_range_us.1,
             s.p90_us,
             s.p99_us,
+            s.p99_range_us.0,
+            s.p99_range_us.1,
             s.p999_us,
             s.max_us,
             s.errors,
             s.cpu_s_per_1000,
+            per_hop,
             s.peak_rss_bytes as f64 / (1024.0 * 1024.0),
             s.requests
         );
     }
     let _ = writeln!(
         md,
-        "\nMedians over the repetitions; `requests` and `errors` are totals. Proxy CPU and RSS cover the\n\
+        "\nMedians over the repetitions, with their spread (min–max); `requests` and `errors` are\n\
+         totals. Ratios in the headline are taken within each repetition (the scenarios of one\n\
+         repetition run back to back) and summarised over repetitions. Proxy CPU and RSS cover the\n\
          proxies on the scenario's path only (none for `direct`). Plots: `latency-<rate>rps.svg`\n\
          (latency by percentile at each fixed rate), `saturation.svg` (throughput at saturation).\n\
          Raw runs: `results.json`."

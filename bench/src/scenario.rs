@@ -3,7 +3,9 @@
 //!
 //! - `direct`         client → app (the floor)
 //! - `outrigger-1hop` client → sidecar B's mesh listener → app
-//! - `outrigger-2hop` client → sidecar A `/v1.0/invoke/b/method/` → (h2c) → sidecar B → app
+//! - `outrigger-2hop` client → sidecar A `/v1.0/invoke/b/method/` → sidecar B → app, each sidecar
+//!   on one worker thread (like the peers' single worker)
+//! - `outrigger-2hop-mt` the same chain with each sidecar on the default worker threads
 //! - `nginx-2hop`     client → nginx A → nginx B → app
 //! - `haproxy-2hop`   client → haproxy A → haproxy B → app
 
@@ -26,6 +28,9 @@ pub enum ScenarioName {
     #[value(name = "outrigger-2hop")]
     #[serde(rename = "outrigger-2hop")]
     Outrigger2Hop,
+    #[value(name = "outrigger-2hop-mt")]
+    #[serde(rename = "outrigger-2hop-mt")]
+    Outrigger2HopMt,
     #[value(name = "nginx-2hop")]
     #[serde(rename = "nginx-2hop")]
     Nginx2Hop,
@@ -35,10 +40,11 @@ pub enum ScenarioName {
 }
 
 impl ScenarioName {
-    pub const ALL: [ScenarioName; 5] = [
+    pub const ALL: [ScenarioName; 6] = [
         ScenarioName::Direct,
         ScenarioName::Outrigger1Hop,
         ScenarioName::Outrigger2Hop,
+        ScenarioName::Outrigger2HopMt,
         ScenarioName::Nginx2Hop,
         ScenarioName::Haproxy2Hop,
     ];
@@ -48,6 +54,7 @@ impl ScenarioName {
             ScenarioName::Direct => "direct",
             ScenarioName::Outrigger1Hop => "outrigger-1hop",
             ScenarioName::Outrigger2Hop => "outrigger-2hop",
+            ScenarioName::Outrigger2HopMt => "outrigger-2hop-mt",
             ScenarioName::Nginx2Hop => "nginx-2hop",
             ScenarioName::Haproxy2Hop => "haproxy-2hop",
         }
@@ -55,6 +62,15 @@ impl ScenarioName {
 
     pub fn is_peer(self) -> bool {
         matches!(self, ScenarioName::Nginx2Hop | ScenarioName::Haproxy2Hop)
+    }
+
+    /// Proxies between the client and the app.
+    pub fn hops(self) -> u32 {
+        match self {
+            ScenarioName::Direct => 0,
+            ScenarioName::Outrigger1Hop => 1,
+            _ => 2,
+        }
     }
 }
 
@@ -119,54 +135,23 @@ impl Topology {
         if selected.contains(&ScenarioName::Outrigger1Hop)
             || selected.contains(&ScenarioName::Outrigger2Hop)
         {
-            let b_mesh = free_port()?;
-            let mut b = Proc::spawn(
-                "outrigger b",
-                exe,
-                &sidecar_args("b", Some(app_port), b_mesh, None),
-                server_cpu,
-                &log("outrigger-b"),
-            )?;
-            wait_http_ok(&mut b, local(b_mesh), "/", READY_WITHIN)?;
-            let b_pid = b.pid();
-            procs.push(b);
+            let chain = OutriggerChain::start(exe, dir, app_port, 1, "", server_cpu)?;
             if selected.contains(&ScenarioName::Outrigger1Hop) {
                 scenarios.push(Scenario {
                     name: ScenarioName::Outrigger1Hop,
-                    url: format!("http://127.0.0.1:{b_mesh}/bench"),
-                    proxy_pids: vec![b_pid],
+                    url: format!("http://127.0.0.1:{}/bench", chain.b_mesh),
+                    proxy_pids: vec![chain.b.pid()],
                 });
             }
             if selected.contains(&ScenarioName::Outrigger2Hop) {
-                let resources = dir.join("outrigger-a-resources");
-                std::fs::create_dir_all(&resources)?;
-                std::fs::write(
-                    resources.join("mesh.yaml"),
-                    format!(
-                        "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: b\nspec:\n  endpoints:\n  - address: 127.0.0.1:{b_mesh}\n"
-                    ),
-                )?;
-                let a_http = free_port()?;
-                let mut a = Proc::spawn(
-                    "outrigger a",
-                    exe,
-                    &sidecar_args("a", None, free_port()?, Some((a_http, &resources))),
-                    server_cpu,
-                    &log("outrigger-a"),
-                )?;
-                wait_http_ok(
-                    &mut a,
-                    local(a_http),
-                    "/v1.0/invoke/b/method/bench",
-                    READY_WITHIN,
-                )?;
-                scenarios.push(Scenario {
-                    name: ScenarioName::Outrigger2Hop,
-                    url: format!("http://127.0.0.1:{a_http}/v1.0/invoke/b/method/bench"),
-                    proxy_pids: vec![a.pid(), b_pid],
-                });
-                procs.push(a);
+                scenarios.push(chain.two_hops(ScenarioName::Outrigger2Hop));
             }
+            procs.extend([chain.b, chain.a]);
+        }
+        if selected.contains(&ScenarioName::Outrigger2HopMt) {
+            let chain = OutriggerChain::start(exe, dir, app_port, 0, "-mt", server_cpu)?;
+            scenarios.push(chain.two_hops(ScenarioName::Outrigger2HopMt));
+            procs.extend([chain.b, chain.a]);
         }
 
         for (name, is_nginx) in [
@@ -225,13 +210,85 @@ impl Topology {
     }
 }
 
-/// `outrigger sidecar` flags for a benchmark hop: one worker thread (like the peers' single
-/// worker), quiet logs, no discovery (static cluster instead).
+/// Sidecar B in front of the app and sidecar A calling it by app id through a static cluster.
+struct OutriggerChain {
+    b: Proc,
+    b_mesh: u16,
+    a: Proc,
+    a_http: u16,
+}
+
+impl OutriggerChain {
+    /// `threads` worker threads per sidecar (0: the sidecar's default); `suffix` tells the
+    /// chains' files apart.
+    fn start(
+        exe: &Path,
+        dir: &Path,
+        app_port: u16,
+        threads: usize,
+        suffix: &str,
+        server_cpu: Option<usize>,
+    ) -> anyhow::Result<OutriggerChain> {
+        let log = |name: &str| dir.join("logs").join(format!("{name}{suffix}.log"));
+        let b_mesh = free_port()?;
+        let mut b = Proc::spawn(
+            &format!("outrigger b{suffix}"),
+            exe,
+            &sidecar_args("b", Some(app_port), b_mesh, None, threads),
+            server_cpu,
+            &log("outrigger-b"),
+        )?;
+        wait_http_ok(&mut b, local(b_mesh), "/", READY_WITHIN)?;
+        let resources = dir.join(format!("outrigger-a{suffix}-resources"));
+        std::fs::create_dir_all(&resources)?;
+        std::fs::write(
+            resources.join("mesh.yaml"),
+            format!(
+                "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata:\n  name: b\nspec:\n  endpoints:\n  - address: 127.0.0.1:{b_mesh}\n"
+            ),
+        )?;
+        let a_http = free_port()?;
+        let mut a = Proc::spawn(
+            &format!("outrigger a{suffix}"),
+            exe,
+            &sidecar_args("a", None, free_port()?, Some((a_http, &resources)), threads),
+            server_cpu,
+            &log("outrigger-a"),
+        )?;
+        wait_http_ok(
+            &mut a,
+            local(a_http),
+            "/v1.0/invoke/b/method/bench",
+            READY_WITHIN,
+        )?;
+        Ok(OutriggerChain {
+            b,
+            b_mesh,
+            a,
+            a_http,
+        })
+    }
+
+    fn two_hops(&self, name: ScenarioName) -> Scenario {
+        Scenario {
+            name,
+            url: format!(
+                "http://127.0.0.1:{}/v1.0/invoke/b/method/bench",
+                self.a_http
+            ),
+            proxy_pids: vec![self.a.pid(), self.b.pid()],
+        }
+    }
+}
+
+/// `outrigger sidecar` flags for a benchmark hop: `threads` worker threads (1 like the peers'
+/// single worker; 0 keeps the default), quiet logs, no discovery (static cluster instead).
 fn sidecar_args(
     app_id: &str,
     app_port: Option<u16>,
     mesh_port: u16,
     caller: Option<(u16, &Path)>,
+    threads: usize,
 ) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "sidecar".into(),
@@ -244,11 +301,12 @@ fn sidecar_args(
         "--admin-port".into(),
         "0".into(),
         "--no-discovery".into(),
-        "--threads".into(),
-        "1".into(),
         "--log-level".into(),
         "warn".into(),
     ];
+    if threads > 0 {
+        args.extend(["--threads".into(), threads.to_string()]);
+    }
     if let Some(port) = app_port {
         args.extend(["--app-port".into(), port.to_string()]);
     }

@@ -173,6 +173,18 @@ impl Schedule {
         }
     }
 
+    /// How many sends from the `next_due` just taken up to `end` (all of them, itself
+    /// included) fall in the measured period: the ones a generator that is out of time never
+    /// sends.
+    fn left_before(&self, window: &Window) -> u64 {
+        let at = |k: u64| self.first + Duration::from_secs_f64(k as f64 * self.interval_secs);
+        (self.next.saturating_sub(1)..)
+            .map(|k| at(k))
+            .take_while(|due| *due < window.end)
+            .filter(|due| *due >= window.measure_from)
+            .count() as u64
+    }
+
     /// The next send time; computed from `first` each time so rounding never accumulates.
     fn next_due(&mut self) -> Instant {
         let due = self.first + Duration::from_secs_f64(self.next as f64 * self.interval_secs);
@@ -260,6 +272,12 @@ impl Connection {
                     if due >= end {
                         break;
                     }
+                    if Instant::now() >= end {
+                        // Behind a target slower than the rate: what is still due is never
+                        // sent, so the run ends on time; it is counted as missed (as wrk2).
+                        self.tally.missed += schedule.left_before(&self.plan.window);
+                        break;
+                    }
                     schedule.wait(due).await
                 }
                 None => Slot::now(),
@@ -287,6 +305,10 @@ impl Connection {
         loop {
             let due = schedule.next_due();
             if due >= end {
+                break;
+            }
+            if Instant::now() >= end {
+                self.tally.missed += schedule.left_before(&self.plan.window);
                 break;
             }
             // Streams never wait for one another, so `free_on_time` stays at the start and any
@@ -385,6 +407,24 @@ mod tests {
         let start = Instant::now();
         let window = Window::new(start, Duration::ZERO, Duration::from_secs(1));
         (start, Schedule::new(&window, 100.0, 0, 1))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sends_left_at_the_end_are_counted_within_the_measured_period_only() {
+        let start = Instant::now();
+        // 1 s warm-up, 1 s measured, 10 requests/second: sends at 0, 100, …, 1900 ms.
+        let window = Window::new(start, Duration::from_secs(1), Duration::from_secs(1));
+        let mut schedule = Schedule::new(&window, 10.0, 0, 1);
+        for _ in 0..5 {
+            schedule.next_due();
+        }
+        // Taken: the send at 400 ms. Of 400…1900 ms, the ten at 1000…1900 ms are measured.
+        assert_eq!(schedule.left_before(&window), 10);
+        for _ in 0..10 {
+            schedule.next_due();
+        }
+        // Taken: 1400 ms; left: 1400…1900 ms.
+        assert_eq!(schedule.left_before(&window), 6);
     }
 
     #[tokio::test(start_paused = true)]

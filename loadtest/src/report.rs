@@ -34,6 +34,10 @@ pub struct LoadReport {
     /// `ok / duration_secs`.
     pub throughput: f64,
     pub status_counts: BTreeMap<u16, u64>,
+    /// Open loop: requests due in the measured period that were never sent because the target
+    /// could not keep up and the run ended on time.
+    #[serde(default)]
+    pub missed: u64,
     /// By kind: `connect`, `timeout`, `io`, `status_4xx`, `status_5xx`; kinds that did not
     /// occur are left out.
     pub errors: BTreeMap<String, u64>,
@@ -99,6 +103,7 @@ impl LoadReport {
                 0.0
             },
             status_counts: tally.statuses.clone(),
+            missed: tally.missed,
             errors: tally.errors(),
             latency,
             latency_curve,
@@ -157,6 +162,13 @@ impl LoadReport {
                 .map(|(status, count)| format!("{status}: {count}"))
                 .collect();
             let _ = writeln!(out, "  Status     {}", statuses.join(", "));
+        }
+        if self.missed > 0 {
+            let _ = writeln!(
+                out,
+                "  Missed     {} requests due in the measured period were never sent: the target could not keep up with the rate",
+                self.missed
+            );
         }
         if !self.errors.is_empty() {
             let errors: Vec<String> = self

@@ -99,6 +99,9 @@ pub(crate) struct Tally {
     pub(crate) ok: u64,
     pub(crate) statuses: BTreeMap<u16, u64>,
     errors: [u64; ErrorKind::ALL.len()],
+    /// Open loop: sends due in the measured period that were never made, because the run
+    /// ended while the generator was still behind a slower target.
+    pub(crate) missed: u64,
 }
 
 impl Tally {
@@ -110,6 +113,7 @@ impl Tally {
             ok: 0,
             statuses: BTreeMap::new(),
             errors: [0; ErrorKind::ALL.len()],
+            missed: 0,
         }
     }
 
@@ -142,6 +146,7 @@ impl Tally {
             .expect("tallies share histogram bounds");
         self.requests += other.requests;
         self.ok += other.ok;
+        self.missed += other.missed;
         for (status, count) in &other.statuses {
             *self.statuses.entry(*status).or_insert(0) += count;
         }

@@ -28,6 +28,8 @@ enum Answer {
     CloseAfterEach,
     /// Nothing, for a minute.
     Stall,
+    /// 200 after this many milliseconds.
+    Slow(u64),
 }
 
 struct Target {
@@ -84,6 +86,7 @@ async fn respond(
                 .insert(http::header::CONNECTION, "close".parse().unwrap());
         }
         Answer::Stall => tokio::time::sleep(Duration::from_secs(60)).await,
+        Answer::Slow(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
     }
     Ok(response)
 }
@@ -94,6 +97,39 @@ fn spec(url: String, connections: usize, duration: Duration) -> LoadSpec {
         duration,
         ..LoadSpec::get(url)
     }
+}
+
+#[tokio::test]
+async fn an_open_loop_run_against_a_slower_target_ends_on_time_and_counts_what_it_missed() {
+    // One connection, 200 requests/second asked, 50 ms per answer: at most ~20 a second go
+    // out. The run must end at its duration (not drain a backlog of ~180 sends), and report
+    // the sends it never made.
+    let target = Target::start(Answer::Slow(50)).await;
+    let started = std::time::Instant::now();
+    let report = run(&LoadSpec {
+        mode: Mode::OpenLoop { rate: 200.0 },
+        timeout: Duration::from_secs(2),
+        ..spec(target.url(), 1, Duration::from_secs(1))
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "a 1 s run took {took:?}: it kept sending its backlog"
+    );
+    assert!(report.requests <= 25, "requests: {}", report.requests);
+    assert!(
+        (170..=200).contains(&(report.requests + report.missed)),
+        "sent {} + missed {} should make the ~200 scheduled",
+        report.requests,
+        report.missed
+    );
+    assert!(
+        report.summary().contains("were never sent"),
+        "{}",
+        report.summary()
+    );
 }
 
 #[tokio::test]
