@@ -179,7 +179,7 @@ impl Schedule {
     fn left_before(&self, window: &Window) -> u64 {
         let at = |k: u64| self.first + Duration::from_secs_f64(k as f64 * self.interval_secs);
         (self.next.saturating_sub(1)..)
-            .map(|k| at(k))
+            .map(at)
             .take_while(|due| *due < window.end)
             .filter(|due| *due >= window.measure_from)
             .count() as u64
