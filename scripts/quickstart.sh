@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Service invocation through two sidecars on embedded defaults, nothing else needed:
 # builds outrigger, starts app "b" (a small echo app) with its sidecar and app "a"'s sidecar,
-# then calls b from a by app id: curl → a's sidecar :3500 → (h2) → b's sidecar → b.
+# then calls b from a by app id: curl → a's sidecar :3500 → b's sidecar → b.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v cmake >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+if ! command -v cc >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq cmake curl build-essential
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq curl build-essential
 fi
 
 echo "== building (the first build takes a few minutes)"

@@ -4,11 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: cmake builds pingora's zlib-ng; curl is used by the quick start; nginx and
-# haproxy are the peer proxies `outrigger bench` compares against; wrk cross-checks `outrigger load`;
-# the state tests start their own redis-server and create their own PostgreSQL databases.
+# System packages: curl is used by the quick start; nginx and haproxy are the peer proxies
+# `outrigger bench` compares against; wrk cross-checks `outrigger load`; the state tests start
+# their own redis-server and create their own PostgreSQL databases.
 need=()
-for tool in cmake curl wrk; do
+for tool in curl wrk; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)

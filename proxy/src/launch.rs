@@ -38,6 +38,7 @@ pub fn launch(
     snapshot: Snapshot,
     app_command: Vec<String>,
 ) -> Result<i32, LaunchError> {
+    raise_open_file_limit();
     // One thread: a current-thread runtime, which skips the work-stealing scheduler's
     // cross-thread bookkeeping (the benchmark runs sidecars this way, like one-worker peers).
     let mut builder = if options.threads <= 1 {
@@ -98,6 +99,22 @@ async fn serve(
         Err(join) => tracing::error!(error = %join, "sidecar task failed"),
     }
     Ok(code)
+}
+
+/// Raises the soft limit on open files to the hard limit (as Go's runtime does): every
+/// listener may hold `--max-connections` connections, each forwarded one an upstream
+/// connection too, and Debian's default soft limit of 1024 would run out first.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 /// The variables `dapr run` gives an app, so the official SDKs find the sidecar.
