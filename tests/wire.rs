@@ -137,6 +137,38 @@ async fn a_streamed_http2_upload_to_the_mesh_port_reaches_the_app_with_one_termi
     assert_one_terminator_then_the_next_request(&pair.app, "GET /second HTTP/1.1\r\n");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_that_silently_closes_its_keep_alive_connections_fails_no_call() {
+    let registry = tempfile::tempdir().unwrap();
+    let app = RecordingApp::start_with(true).await;
+    let b = SidecarBuilder::new("b", registry.path())
+        .app_port(app.port)
+        .start();
+    let a = SidecarBuilder::new("a", registry.path()).start();
+    let http = client();
+    for i in 0..50 {
+        let response = http
+            .post(a.url(&format!("/v1.0/invoke/b/method/call/{i}")))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "call {i}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+    }
+    // Every call went to the app on a connection of its own, each whole.
+    let received = app.received();
+    assert_eq!(received.len(), 50);
+    for (i, bytes) in received.iter().enumerate() {
+        assert!(
+            bytes.starts_with(format!("POST /call/{i} HTTP/1.1\r\n").as_bytes()),
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    drop(b);
+}
+
 /// Reads `n` HTTP/1.1 responses (each with a Content-Length) from `stream`; their bodies.
 async fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<(String, Vec<u8>)> {
     let mut buf = Vec::new();

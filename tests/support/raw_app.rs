@@ -23,6 +23,12 @@ impl Drop for RecordingApp {
 
 impl RecordingApp {
     pub async fn start() -> RecordingApp {
+        RecordingApp::start_with(false).await
+    }
+
+    /// `close_after_each`: the app closes every connection right after its answer, without
+    /// saying so (no `Connection: close`), as an app with a short keep-alive timeout does.
+    pub async fn start_with(close_after_each: bool) -> RecordingApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
         let connections: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -51,7 +57,7 @@ impl RecordingApp {
                         while let Some(len) = complete_request(&pending) {
                             pending.drain(..len);
                             let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if stream.write_all(answer).await.is_err() {
+                            if stream.write_all(answer).await.is_err() || close_after_each {
                                 return;
                             }
                         }
