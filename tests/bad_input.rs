@@ -158,3 +158,24 @@ async fn a_transfer_coding_other_than_chunked_is_501() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_is_501_on_every_listener() {
+    let mesh = start_pair();
+    for request in [
+        &b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"[..],
+        b"CONNECT /x HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        assert_refused(
+            mesh.a.dapr_http,
+            request,
+            "HTTP/1.1 501",
+            "CONNECT is not supported",
+        )
+        .await;
+        let mesh_addr = std::net::SocketAddr::from(([127, 0, 0, 1], mesh.b.mesh.port()));
+        let (response, closed) = raw_exchange(mesh_addr, request).await;
+        assert!(response.starts_with("HTTP/1.1 501"), "{response}");
+        assert!(closed);
+    }
+}

@@ -50,6 +50,8 @@ impl ConfigCell {
 /// The local app as an upstream: its one endpoint and the protocol it speaks.
 pub(crate) struct LocalApp {
     pub(crate) endpoints: EndpointSet,
+    /// `127.0.0.1:<port>`, the `Host` for requests that came without one.
+    pub(crate) authority: String,
     pub(crate) protocol: Protocol,
     pub(crate) port: u16,
     pub(crate) metrics: Arc<AppMetrics>,
@@ -114,6 +116,7 @@ impl Shared {
             .map(|dir| Arc::new(LocalRegistry::new(dir, endpoints.clone(), metrics.clone())));
         let app = options.app_port.map(|port| LocalApp {
             endpoints: EndpointSet::round_robin(&endpoints, vec![(format!("127.0.0.1:{port}"), 1)]),
+            authority: format!("127.0.0.1:{port}"),
             protocol: match options.app_protocol {
                 AppProtocol::Http => Protocol::Http1,
                 AppProtocol::H2c => Protocol::H2c,

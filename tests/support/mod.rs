@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod backends;
+pub mod liar_app;
 pub mod raw_app;
 
 use std::io::{BufRead, BufReader};

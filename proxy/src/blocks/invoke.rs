@@ -92,9 +92,6 @@ pub(crate) fn failed(app_id: &str, failure: &Failure) -> BlockError {
             ),
         );
     }
-    if failure.is_bad_request() {
-        return BlockError::malformed(format!("malformed request: {}", failure.error));
-    }
     BlockError::invoke(app_id, format!("{at}: {}", failure.error))
 }
 

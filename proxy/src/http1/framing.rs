@@ -107,7 +107,8 @@ pub(crate) fn request_length(
 
 /// The body length of a response to a request with `request_method_head` (RFC 9112 §6.3,
 /// rules 1–6). Lenient where the RFC allows it for responses (identical repeated lengths),
-/// strict where a wrong guess would desynchronise the connection.
+/// strict where a wrong guess would desynchronise the connection (any transfer coding but a
+/// single `chunked`).
 pub(crate) fn response_length(
     status: u16,
     request_was_head: bool,
@@ -117,11 +118,10 @@ pub(crate) fn response_length(
         return Ok(BodyLength::Empty);
     }
     if headers.transfer_encoding[0].is_some() {
-        // Chunked last means chunked; any other coding runs to the close (rule 4).
-        return Ok(match chunked_only(&headers.transfer_encoding) {
-            Ok(()) => BodyLength::Chunked,
-            Err(_) => BodyLength::CloseDelimited,
-        });
+        // A coding on top of chunked would have to be passed on undecoded, and one without
+        // chunked runs to the close with no way to tell a cut body from a whole one: neither
+        // is forwarded (Envoy answers 502 too).
+        return chunked_only(&headers.transfer_encoding).map(|()| BodyLength::Chunked);
     }
     match headers.content_length {
         [None, _] => Ok(BodyLength::CloseDelimited),
@@ -655,10 +655,16 @@ mod tests {
             response_length(200, false, &headers(&["3"], &["chunked"])),
             Ok(BodyLength::Chunked)
         );
-        assert_eq!(
-            response_length(200, false, &headers(&[], &["gzip"])),
-            Ok(BodyLength::CloseDelimited)
-        );
+        for coding in ["gzip", "gzip, chunked", "identity"] {
+            assert!(
+                matches!(
+                    response_length(200, false, &headers(&["5"], &[coding])),
+                    Err(FramingError::UnsupportedEncoding(_))
+                ),
+                "{coding}"
+            );
+        }
+        assert!(response_length(200, false, &headers(&[], &["chunked", "chunked"])).is_err());
         assert_eq!(
             response_length(200, false, &headers(&["7, 7"], &[])),
             Ok(BodyLength::Length(7))

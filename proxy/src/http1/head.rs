@@ -27,6 +27,8 @@ pub(crate) enum HeadError {
     BadMethod(String),
     #[error("request target {0:?} is not an absolute path")]
     BadTarget(String),
+    #[error("method CONNECT is not supported here")]
+    Connect,
     #[error(transparent)]
     Framing(#[from] FramingError),
 }
@@ -36,7 +38,7 @@ impl HeadError {
     pub(crate) fn status(&self) -> u16 {
         match self {
             HeadError::TooLarge { .. } | HeadError::TooManyHeaders => 431,
-            HeadError::Framing(FramingError::UnsupportedEncoding(_)) => 501,
+            HeadError::Framing(FramingError::UnsupportedEncoding(_)) | HeadError::Connect => 501,
             _ => 400,
         }
     }
@@ -122,6 +124,8 @@ pub(crate) struct RequestHead {
     target: String,
     /// `Connection` names headers beyond close/keep-alive/upgrade.
     connection_names_others: bool,
+    /// A `Host` header came with the request (HTTP/1.0 may leave it out).
+    has_host: bool,
     pub(crate) http10: bool,
     pub(crate) body: BodyLength,
     /// Whether the client lets the connection stay open after this exchange.
@@ -139,6 +143,7 @@ impl Default for RequestHead {
             method: Method::GET,
             target: String::with_capacity(256),
             connection_names_others: false,
+            has_host: false,
             http10: false,
             body: BodyLength::Empty,
             keep_alive: true,
@@ -195,6 +200,10 @@ impl RequestHead {
         self.http10 = request.version == Some(0);
         self.method = Method::from_bytes(method.as_bytes())
             .map_err(|_| HeadError::BadMethod(method.to_string()))?;
+        // Tunnels are not served on these listeners (HTTP/2 CONNECT will be, on the mesh port).
+        if self.method == Method::CONNECT {
+            return Err(HeadError::Connect);
+        }
         // Origin form only (and `*` for OPTIONS): an absolute URI here would be a forward-proxy
         // request, which this listener is not.
         if !(target.starts_with('/') || (target == "*" && self.method == Method::OPTIONS)) {
@@ -244,6 +253,7 @@ impl RequestHead {
         };
         self.upgrade = connection.upgrade && upgrade_header;
         self.connection_names_others = connection.names_others;
+        self.has_host = hosts == 1;
         self.raw.clear();
         self.raw.extend_from_slice(&buf[..len]);
         Ok(Parsed::Complete(len))
@@ -324,6 +334,8 @@ pub(crate) enum ResponseHeadError {
     Parse(httparse::Error),
     #[error("response header block is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("response status {0} is not between 100 and 599")]
+    BadStatus(u16),
     #[error("response framing: {0}")]
     Framing(#[from] FramingError),
 }
@@ -354,7 +366,10 @@ impl ResponseHead {
             let start = s.as_ptr() as usize - base;
             start..start + s.len()
         };
-        self.status = response.code.unwrap_or(500);
+        self.status = match response.code {
+            Some(code @ 100..=599) => code,
+            other => return Err(ResponseHeadError::BadStatus(other.unwrap_or(0))),
+        };
         self.http10 = response.version == Some(0);
         self.reason = range(response.reason.unwrap_or_default().as_bytes());
         self.headers.clear();
@@ -443,6 +458,8 @@ pub(crate) struct HeaderEdits<'a> {
     pub(crate) add: &'a [(&'a str, &'a str)],
     /// More headers to add, from a route rule.
     pub(crate) add_more: &'a [(String, String)],
+    /// The `Host` to send when the request has none (HTTP/1.0), since HTTP/1.1 requires one.
+    pub(crate) default_host: Option<&'a str>,
 }
 
 impl HeaderEdits<'_> {
@@ -525,11 +542,20 @@ pub(crate) fn write_request_head(
     out.push(b' ');
     out.extend_from_slice(edits.target.unwrap_or(request.target()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !request.has_host {
+        put_header(
+            out,
+            b"host",
+            edits.default_host.unwrap_or("localhost").as_bytes(),
+        );
+    }
     for header in &request.headers {
         let name = &request.raw[header.name.clone()];
         let forward = match header.kind {
             HeaderKind::Upgrade => request.upgrade,
-            HeaderKind::Host | HeaderKind::Expect | HeaderKind::EndToEnd => {
+            // `Connection: host` cannot take away the one header HTTP/1.1 requires.
+            HeaderKind::Host => !edits.removes(name),
+            HeaderKind::Expect | HeaderKind::EndToEnd => {
                 let dropped = edits.removes(name)
                     || (request.connection_names_others
                         && named_in_connection(&request.raw, &request.headers, name));
@@ -757,6 +783,8 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", 400),
             ("GET / HTTP/2.0\r\nHost: h\r\n\r\n", 400),
             ("GARBAGE\r\n\r\n", 400),
+            ("CONNECT /x HTTP/1.1\r\nHost: h\r\n\r\n", 501),
+            ("CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 501),
         ];
         for (raw, status) in cases {
             let err = parse(raw).unwrap_err();
@@ -815,6 +843,48 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "GET / HTTP/1.1\r\nHost: h\r\ndapr-caller-app-id: a\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn the_forwarded_head_always_carries_a_host() {
+        let mut out = Vec::new();
+        let edits = HeaderEdits {
+            default_host: Some("b"),
+            ..HeaderEdits::default()
+        };
+        let http10 = parse("GET /x HTTP/1.0\r\n\r\n").unwrap();
+        write_request_head(&mut out, &http10, &edits, BodyLength::Empty);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /x HTTP/1.1\r\nhost: b\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        let listed =
+            parse("GET /x HTTP/1.1\r\nHost: h\r\nConnection: host, x-a\r\nX-A: 1\r\n\r\n").unwrap();
+        write_request_head(&mut out, &listed, &edits, BodyLength::Empty);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /x HTTP/1.1\r\nHost: h\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_statuses_outside_100_to_599_are_refused() {
+        let mut response = ResponseHead::default();
+        for raw in [
+            &b"HTTP/1.1 000 Zero\r\n\r\n"[..],
+            b"HTTP/1.1 099 Low\r\n\r\n",
+            b"HTTP/1.1 600 High\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    response.parse(raw, false, 4096),
+                    Err(ResponseHeadError::BadStatus(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]

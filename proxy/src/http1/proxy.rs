@@ -16,9 +16,11 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use super::client::{ClientConn, MAX_RESPONSE_HEAD};
 use super::framing::{put_body, BodyDecoder, BodyLength, Decoded, FramingError, LAST_CHUNK};
 use super::head::{self, HeaderEdits, Parsed, Persistence, ResponseHead, ResponseHeadError};
-use super::server::{BodyError, ConnTimer, ServerConn};
+use super::server::{write_to_client, BodyError, ConnTimer, ServerConn};
 use super::READ_CHUNK;
 
+/// Interim (1xx) responses relayed before the final one; more is an upstream gone wrong.
+const MAX_INTERIM: usize = 32;
 /// Bodies of at most this size are copied next to their head and sent in one write.
 const COALESCE_LIMIT: usize = 64 * 1024;
 /// A body being copied is written on when this much is waiting.
@@ -39,6 +41,11 @@ pub(crate) enum ForwardError {
     UnaskedUpgrade,
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    #[error("more than {MAX_INTERIM} interim (1xx) responses")]
+    TooManyInterim,
+    /// The client closed its connection while the answer was awaited.
+    #[error("the client went away before the answer came")]
+    ClientGone,
     /// The client's request body was malformed, too slow, or cut short.
     #[error(transparent)]
     RequestBody(#[from] BodyError),
@@ -102,6 +109,8 @@ pub(crate) fn prepare(
 
 /// Sends the prepared request (`down.fwd`), streams the rest of the request body, and
 /// forwards the answer to the client. `head_timeout` bounds the wait for the response head.
+/// While the answer is awaited the client is watched: if it goes away, so does the exchange
+/// (and its upstream connection), rather than holding both until the upstream answers.
 pub(crate) async fn exchange(
     down: &mut ServerConn,
     up: &mut ClientConn,
@@ -111,7 +120,7 @@ pub(crate) async fn exchange(
     let request_was_head = down.head.method == http::Method::HEAD;
     let client_http10 = down.head.http10;
     let framing = down.head.body;
-    let body_done = {
+    {
         let idle = down.limits.idle_timeout;
         let (fwd, body, rbuf, timer) = (&down.fwd, &mut down.body, &mut down.rbuf, &mut down.timer);
         let (mut down_r, mut down_w) = down.stream.split();
@@ -121,17 +130,36 @@ pub(crate) async fn exchange(
             up_w.write_all(fwd).await.map_err(ForwardError::Upstream)?;
             let interim = (!client_http10).then_some(&mut down_w);
             let head = read_response_head(&mut up_r, up_rbuf, up_head, request_was_head, interim);
-            if body.is_done() {
-                head.await.map(|()| true)
-            } else {
+            tokio::pin!(head);
+            if !body.is_done() {
                 let source = BodySource {
                     reader: &mut down_r,
-                    rbuf,
-                    timer,
+                    rbuf: &mut *rbuf,
+                    timer: &mut *timer,
                     idle,
                 };
                 let copy = copy_request_body(source, &mut up_w, up_wbuf, body, framing);
-                race_body_and_head(copy, head).await
+                tokio::pin!(copy);
+                tokio::select! {
+                    biased;
+                    // The upstream answered before taking the whole body.
+                    result = &mut head => return result,
+                    result = &mut copy => match result {
+                        Ok(()) => {}
+                        Err(CopyError::Client(e)) => return Err(ForwardError::RequestBody(e)),
+                        // The upstream stopped reading: it may still answer (say, 413).
+                        Err(CopyError::Upstream(e)) => {
+                            tracing::debug!(error = %e, "the upstream stopped taking the request body");
+                        }
+                    },
+                }
+            }
+            // Bytes already read past this request are the client's next one: it is there.
+            let pipelined = !rbuf.is_empty();
+            tokio::select! {
+                biased;
+                result = &mut head => result,
+                () = client_gone(&mut down_r), if !pipelined => Err(ForwardError::ClientGone),
             }
         };
         match head_timeout {
@@ -140,7 +168,8 @@ pub(crate) async fn exchange(
                 .map_err(|_| ForwardError::Timeout(limit))??,
             None => send_then_head.await?,
         }
-    };
+    }
+    let body_done = down.body.is_done();
     if !body_done {
         // The upstream answered before taking the whole body; the rest is never read, so
         // neither connection can carry another exchange.
@@ -167,7 +196,6 @@ pub(crate) async fn exchange(
     let pass_length = request_was_head || status == 304;
     let persistence = down.persistence();
     head::write_response_head(&mut down.wbuf, &up.head, out, persistence, pass_length);
-    down.responded = true;
     send_response_body(down, up, response_body, out).await?;
     let reusable = body_done
         && up.head.keep_alive
@@ -176,28 +204,13 @@ pub(crate) async fn exchange(
     Ok(Forwarded { status, reusable })
 }
 
-/// Streams the request body while waiting for the response head; returns whether the body
-/// was sent whole before the head arrived.
-async fn race_body_and_head(
-    copy: impl std::future::Future<Output = Result<(), CopyError>>,
-    head: impl std::future::Future<Output = Result<(), ForwardError>>,
-) -> Result<bool, ForwardError> {
-    tokio::pin!(copy, head);
-    let mut copied = false;
-    loop {
-        tokio::select! {
-            biased;
-            result = &mut head => return result.map(|()| copied),
-            result = &mut copy, if !copied => match result {
-                Ok(()) => copied = true,
-                Err(CopyError::Client(e)) => return Err(ForwardError::RequestBody(e)),
-                // The upstream stopped reading: it may still answer (say, 413); wait for it.
-                Err(CopyError::Upstream(e)) => {
-                    tracing::debug!(error = %e, "the upstream stopped taking the request body");
-                    copied = true;
-                }
-            },
-        }
+/// Resolves when the client has closed (or broken) its connection; never, if it is still
+/// there — including when it has already sent its next pipelined request.
+async fn client_gone(reader: &mut ReadHalf<'_>) {
+    let mut probe = [0u8; 1];
+    match reader.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
@@ -292,11 +305,16 @@ pub(crate) async fn read_response_head(
     request_was_head: bool,
     mut interim: Option<&mut WriteHalf<'_>>,
 ) -> Result<(), ForwardError> {
+    let mut interims = 0;
     loop {
         if !rbuf.is_empty() {
             if let Parsed::Complete(len) = head.parse(rbuf, request_was_head, MAX_RESPONSE_HEAD)? {
                 rbuf.advance(len);
                 if (100..200).contains(&head.status) && !head.is_switching_protocols() {
+                    interims += 1;
+                    if interims > MAX_INTERIM {
+                        return Err(ForwardError::TooManyInterim);
+                    }
                     if let Some(client) = interim.as_deref_mut() {
                         let mut relay = Vec::with_capacity(64);
                         head::write_response_head(
@@ -362,10 +380,13 @@ async fn send_response_body(
     }
 }
 
+/// Writes what the write buffer holds to the client. The first write of an answer marks it
+/// started: from then on a failure can only be signalled by closing the connection.
 async fn flush(down: &mut ServerConn) -> Result<(), ForwardError> {
     if !down.wbuf.is_empty() {
-        down.stream
-            .write_all(&down.wbuf)
+        down.responded = true;
+        let idle = down.limits.idle_timeout;
+        write_to_client(&mut down.stream, &down.wbuf, &mut down.timer, idle)
             .await
             .map_err(ForwardError::Downstream)?;
         down.wbuf.clear();

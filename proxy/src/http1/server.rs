@@ -252,6 +252,19 @@ impl ServerConn {
         }
     }
 
+    /// Resolves when the client has closed (or broken) the connection; never while it is
+    /// there, including when its next pipelined request has already arrived.
+    pub(crate) async fn client_gone(&mut self) {
+        if !self.rbuf.is_empty() {
+            return std::future::pending().await;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.peek(&mut probe).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        }
+    }
+
     /// Sends `100 Continue` if the client asked for it and is waiting to send a body.
     pub(crate) async fn continue_if_expected(&mut self) -> std::io::Result<()> {
         if self.head.expect_continue && !self.continue_sent && !self.body.is_done() {
@@ -385,13 +398,14 @@ impl ServerConn {
         self.wbuf.extend_from_slice(b"\r\n");
         let send_body = self.head.method != http::Method::HEAD && !answer.body.is_empty();
         self.responded = true;
+        let idle = self.limits.idle_timeout;
         if send_body && answer.body.len() <= 64 * 1024 {
             self.wbuf.extend_from_slice(&answer.body);
-            self.stream.write_all(&self.wbuf).await
+            write_to_client(&mut self.stream, &self.wbuf, &mut self.timer, idle).await
         } else {
-            self.stream.write_all(&self.wbuf).await?;
+            write_to_client(&mut self.stream, &self.wbuf, &mut self.timer, idle).await?;
             if send_body {
-                self.stream.write_all(&answer.body).await?;
+                write_to_client(&mut self.stream, &answer.body, &mut self.timer, idle).await?;
             }
             Ok(())
         }
@@ -412,6 +426,39 @@ impl ServerConn {
             }
         }
     }
+}
+
+/// Writes all of `bytes` to the client. The socket usually takes them at once and no timer is
+/// touched; a client that takes nothing for the idle timeout (a reader that never reads) is
+/// given up on.
+pub(crate) async fn write_to_client(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    timer: &mut ConnTimer,
+    idle: Duration,
+) -> std::io::Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match stream.try_write(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                timer.set(Instant::now() + idle);
+                tokio::select! {
+                    biased;
+                    ready = stream.writable() => ready?,
+                    () = timer.expired() => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the client took nothing for {}", outrigger_config::duration::format(&idle)),
+                        ))
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Whether the bytes after `scanned` could complete a head: they hold the end of a blank line,

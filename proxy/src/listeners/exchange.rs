@@ -39,6 +39,10 @@ pub(crate) trait Downstream: Send {
     /// Whether the response has started (a failure can then only be signalled by closing).
     fn responded(&self) -> bool;
 
+    /// Ends the connection after this request (its answer broke off, or its framing is in
+    /// doubt), so that nothing after it can be taken for the rest of it.
+    fn close_after(&mut self);
+
     fn header_str(&self, name: &str) -> Option<&str> {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok())
     }
@@ -96,6 +100,10 @@ impl Downstream for ServerConn {
 
     fn responded(&self) -> bool {
         self.responded
+    }
+
+    fn close_after(&mut self) {
+        self.keep_alive = false;
     }
 }
 
@@ -227,6 +235,10 @@ impl Downstream for H2Exchange {
 
     fn responded(&self) -> bool {
         self.response.is_some()
+    }
+
+    fn close_after(&mut self) {
+        // A broken HTTP/2 answer resets its own stream; the connection carries on.
     }
 }
 

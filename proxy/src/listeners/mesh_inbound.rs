@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{Downstream, Service};
-use crate::answer::Answer;
+use super::{answer_failure, Downstream, Service};
 use crate::blocks::{BlockError, ERR_DIRECT_INVOKE};
 use crate::http1::head::HeaderEdits;
 use crate::shared::Shared;
@@ -60,6 +59,7 @@ impl Service for MeshInbound {
         let edits = HeaderEdits {
             remove: TOKEN_HEADER,
             add: token.as_ref().map_or(&[], |t| t.as_slice()),
+            default_host: Some(&app.authority),
             ..HeaderEdits::default()
         };
         let target = Target {
@@ -70,11 +70,9 @@ impl Service for MeshInbound {
         };
         let status = match request.forward(&target, &edits).await {
             Ok(status) => status,
-            Err(failure) if !request.responded() => {
-                let error = if failure.is_bad_request() {
-                    BlockError::malformed(format!("malformed request: {}", failure.error))
-                } else {
-                    let id = &options.app_id;
+            Err(failure) => {
+                let id = &options.app_id;
+                answer_failure(request, &failure, || {
                     BlockError::invoke(
                         id,
                         format!(
@@ -82,20 +80,8 @@ impl Service for MeshInbound {
                             app.port, failure.error
                         ),
                     )
-                };
-                let status = error.status;
-                let answer = Answer::from(error);
-                let answer = if failure.is_bad_request() {
-                    answer.closing()
-                } else {
-                    answer
-                };
-                request.answer(answer).await;
-                status
-            }
-            Err(failure) => {
-                tracing::debug!(error = %failure.error, "delivery broke off after its answer started");
-                0
+                })
+                .await
             }
         };
         app.metrics.record(status, started.elapsed());

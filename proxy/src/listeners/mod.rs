@@ -28,9 +28,50 @@ use crate::blocks::{BlockError, ERR_HEADERS_TOO_LARGE, ERR_MALFORMED_REQUEST};
 use crate::http1::server::{ConnLimits, Detected, NextRequest, ServerConn, DISCARD_LIMIT};
 use crate::http1::READ_CHUNK;
 use crate::shared::Shared;
+use crate::upstream::{ClientFault, Failure};
 pub(crate) use exchange::Downstream;
 use exchange::H2Exchange;
 use rewind::Rewind;
+
+/// Finishes a request whose forward failed: the client's own fault gets its 4xx (or nothing,
+/// if it left), anything else `upstream_error`; an answer that had already started is cut
+/// off by closing. Returns the status for the metrics (0: none was sent).
+pub(crate) async fn answer_failure<D: Downstream>(
+    request: &mut D,
+    failure: &Failure,
+    upstream_error: impl FnOnce() -> BlockError,
+) -> u16 {
+    if request.responded() {
+        tracing::debug!(error = %failure.error, "the answer broke off after it started");
+        request.close_after();
+        return 0;
+    }
+    let error = match failure.client_fault() {
+        Some(ClientFault::Gone) => {
+            request.close_after();
+            return 0;
+        }
+        Some(ClientFault::Malformed) => {
+            BlockError::malformed(format!("malformed request: {}", failure.error))
+        }
+        Some(ClientFault::TooSlow(limit)) => BlockError::new(
+            408,
+            ERR_MALFORMED_REQUEST,
+            format!(
+                "the request body stopped arriving: nothing for {}",
+                outrigger_config::duration::format(&limit)
+            ),
+        ),
+        None => upstream_error(),
+    };
+    let status = error.status;
+    let mut answer = Answer::from(error);
+    if failure.client_fault().is_some() {
+        answer = answer.closing();
+    }
+    request.answer(answer).await;
+    status
+}
 
 /// One listener's request handling.
 pub(crate) trait Service: Send + Sync + 'static {
@@ -184,11 +225,53 @@ async fn serve_h1<S: Service>(mut conn: ServerConn, service: &S, shared: &Shared
     }
 }
 
-/// Streams in flight and streams finished, for closing idle HTTP/2 connections.
+/// Streams in flight, finished and cancelled on one HTTP/2 connection: for closing it when
+/// idle, and when its client mostly opens streams only to reset them (each cancelled request
+/// costs an upstream exchange thrown away).
 #[derive(Default)]
 struct H2Activity {
     streams: AtomicUsize,
     finished: AtomicUsize,
+    cancelled: AtomicUsize,
+    flood: tokio::sync::Notify,
+}
+
+/// Cancelled streams a connection may pile up before the rule "more cancelled than finished"
+/// closes it.
+const CANCELLED_STREAMS_ALLOWED: usize = 100;
+
+/// Held by one stream's handler; counts it finished, or cancelled if dropped before its
+/// answer was made (the client reset it, or the handler panicked).
+struct StreamGuard {
+    activity: Arc<H2Activity>,
+    answered: bool,
+}
+
+impl StreamGuard {
+    fn new(activity: Arc<H2Activity>) -> StreamGuard {
+        activity.streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard {
+            activity,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let activity = &self.activity;
+        activity.streams.fetch_sub(1, Ordering::Relaxed);
+        if self.answered {
+            activity.finished.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let cancelled = activity.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        if cancelled > CANCELLED_STREAMS_ALLOWED
+            && cancelled > activity.finished.load(Ordering::Relaxed)
+        {
+            activity.flood.notify_one();
+        }
+    }
 }
 
 async fn serve_h2<S: Service>(
@@ -203,14 +286,13 @@ async fn serve_h2<S: Service>(
         hyper::service::service_fn(move |request| {
             let (service, shared, activity) = (service.clone(), shared.clone(), activity.clone());
             async move {
-                activity.streams.fetch_add(1, Ordering::Relaxed);
+                let mut guard = StreamGuard::new(activity);
                 let mut exchange = H2Exchange::new(request);
                 {
                     let _in_flight = S::DRAINED.then(|| shared.drain.enter());
                     service.serve(&mut exchange).await;
                 }
-                activity.streams.fetch_sub(1, Ordering::Relaxed);
-                activity.finished.fetch_add(1, Ordering::Relaxed);
+                guard.answered = true;
                 Ok::<_, Infallible>(exchange.into_response())
             }
         })
@@ -238,6 +320,15 @@ async fn serve_h2<S: Service>(
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
                 }
+                return;
+            }
+            () = activity.flood.notified() => {
+                tracing::warn!(
+                    listener = settings.name,
+                    cancelled = activity.cancelled.load(Ordering::Relaxed),
+                    finished = activity.finished.load(Ordering::Relaxed),
+                    "closing an HTTP/2 connection whose client cancels more streams than it lets finish"
+                );
                 return;
             }
             () = tokio::time::sleep(check) => {

@@ -23,7 +23,7 @@ use crate::http1::client::ClientConn;
 use crate::http1::framing::{put_body, BodyDecoder, BodyLength, Decoded, LAST_CHUNK};
 use crate::http1::head::{self, ConnectionTokens, HeaderEdits, ResponseHead};
 use crate::http1::proxy::{self, ForwardError};
-use crate::http1::server::ServerConn;
+use crate::http1::server::{write_to_client, ServerConn};
 use crate::http1::READ_CHUNK;
 
 /// How a sidecar talks to the endpoints of a set.
@@ -61,6 +61,17 @@ pub(crate) enum UpstreamError {
     BadRequest(String),
 }
 
+/// How the client ended an exchange it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientFault {
+    /// Its request was malformed: 400, and its connection is closed.
+    Malformed,
+    /// Its request body stopped arriving: 408, and its connection is closed.
+    TooSlow(Duration),
+    /// It went away: nobody to answer.
+    Gone,
+}
+
 /// A request that could not be forwarded, and the endpoint it was last sent to.
 #[derive(Debug)]
 pub(crate) struct Failure {
@@ -85,15 +96,24 @@ impl Failure {
         }
     }
 
-    /// The client's own request was at fault (400 and close), not the upstream.
-    pub(crate) fn is_bad_request(&self) -> bool {
-        matches!(
-            self.error,
+    /// Whether the client, not the upstream, ended the exchange — and how.
+    pub(crate) fn client_fault(&self) -> Option<ClientFault> {
+        use crate::http1::server::BodyError;
+        match &self.error {
             UpstreamError::BadRequest(_)
-                | UpstreamError::Forward(ForwardError::RequestBody(
-                    crate::http1::server::BodyError::Framing(_)
-                ))
-        )
+            | UpstreamError::Forward(ForwardError::RequestBody(
+                BodyError::Framing(_) | BodyError::TooLarge { .. },
+            )) => Some(ClientFault::Malformed),
+            UpstreamError::Forward(ForwardError::RequestBody(BodyError::Timeout(limit))) => {
+                Some(ClientFault::TooSlow(*limit))
+            }
+            UpstreamError::Forward(
+                ForwardError::ClientGone
+                | ForwardError::Downstream(_)
+                | ForwardError::RequestBody(BodyError::Eof | BodyError::Io(_)),
+            ) => Some(ClientFault::Gone),
+            _ => None,
+        }
     }
 
     fn kind(&self) -> FailureKind {
@@ -105,7 +125,12 @@ impl Failure {
     }
 }
 
+/// Records how a request went with its endpoint; a client's own fault says nothing about the
+/// endpoint and is not recorded.
 fn report(endpoint: &Endpoint, started: Instant, result: Result<u16, &Failure>) {
+    if matches!(result, Err(failure) if failure.client_fault().is_some()) {
+        return;
+    }
     let latency = started.elapsed();
     let outcome = match result {
         Ok(status) => Outcome {
@@ -176,9 +201,16 @@ async fn h1_to_h1(
         };
         let was_reused = conn.reused;
         let mut result = proxy::exchange(down, &mut conn, target.head_timeout).await;
-        if was_reused && whole && !down.responded && matches!(&result, Err(e) if e.is_retryable()) {
+        let idempotent = is_idempotent(&down.head.method);
+        if was_reused
+            && whole
+            && idempotent
+            && !down.responded
+            && matches!(&result, Err(e) if e.is_retryable())
+        {
             // The peer closed an idle connection just as it was used: the request is whole in
-            // memory and nothing reached the client, so it goes once more on a fresh one.
+            // memory, nothing reached the client, and sending it twice does no harm (the app
+            // may have read it before closing), so it goes once more on a fresh connection.
             match connect(endpoint, target.connect_timeout).await {
                 Ok(fresh) => {
                     conn = fresh;
@@ -208,6 +240,21 @@ async fn h1_to_h1(
             }
         };
     }
+}
+
+/// Methods a repeat of which does no more than the first (RFC 9110 §9.2.2): the only ones
+/// sent again after a connection failed under them.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
 }
 
 /// Picks an endpoint and its HTTP/2 connection; a connect failure moves on to the next.
@@ -281,12 +328,9 @@ async fn h1_to_h2_exchange(
         .header("host")
         .and_then(|h| std::str::from_utf8(h).ok());
     let path = edits.target.unwrap_or(head.target());
-    let mut request = Request::builder()
-        .method(head.method.clone())
-        .uri(h2_uri(host, endpoint, path).map_err(fail)?)
-        .version(http::Version::HTTP_2);
+    let uri = h2_uri(host, endpoint, path).map_err(fail)?;
+    let mut headers = http::HeaderMap::new();
     let connection = ConnectionTokens::of(head.headers());
-    let headers = request.headers_mut().expect("the builder has no error yet");
     for (name, value) in head.headers() {
         if name.eq_ignore_ascii_case(b"host") || !head::forwards(name, &connection, edits) {
             continue;
@@ -297,7 +341,7 @@ async fn h1_to_h2_exchange(
             headers.append(name, value);
         }
     }
-    add_edits(headers, edits);
+    add_edits(&mut headers, edits);
     let (body, frames) = if down.body.is_done() {
         (Empty::new().map_err(|never| match never {}).boxed(), None)
     } else {
@@ -307,11 +351,23 @@ async fn h1_to_h2_exchange(
     };
     // Kept to cut the request stream if the answer comes before the body is sent whole.
     let mut abort = frames.clone();
-    let request = request
-        .body(body)
-        .map_err(|e| fail(UpstreamError::BadRequest(e.to_string())))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.headers_mut() = headers;
     let send = sender.send_request(request);
-    let response = {
+    let exchange = async {
+        match target.head_timeout {
+            Some(limit) => tokio::time::timeout(limit, send)
+                .await
+                .map_err(|_| UpstreamError::Timeout(limit))?
+                .map_err(UpstreamError::H2),
+            None => send.await.map_err(UpstreamError::H2),
+        }
+    };
+    tokio::pin!(exchange);
+    let early = {
         let pump = {
             let down = &mut *down;
             async move {
@@ -326,22 +382,17 @@ async fn h1_to_h2_exchange(
                 Ok(())
             }
         };
-        let exchange = async {
-            match target.head_timeout {
-                Some(limit) => tokio::time::timeout(limit, send)
-                    .await
-                    .map_err(|_| UpstreamError::Timeout(limit))?
-                    .map_err(UpstreamError::H2),
-                None => send.await.map_err(UpstreamError::H2),
-            }
-        };
-        tokio::pin!(pump, exchange);
+        tokio::pin!(pump);
+        let mut early = None;
         let mut pumped = abort.is_none();
-        loop {
+        while !pumped {
             tokio::select! {
                 biased;
-                response = &mut exchange => break response.map_err(fail)?,
-                done = &mut pump, if !pumped => match done {
+                response = &mut exchange => {
+                    early = Some(response);
+                    break;
+                }
+                done = &mut pump => match done {
                     Ok(()) => {
                         pumped = true;
                         abort = None; // the last sender gone ends the request body
@@ -350,6 +401,15 @@ async fn h1_to_h2_exchange(
                 },
             }
         }
+        early
+    };
+    let response = match early {
+        Some(response) => response.map_err(fail)?,
+        None => tokio::select! {
+            biased;
+            response = &mut exchange => response.map_err(fail)?,
+            () = down.client_gone() => return Err(fail(ForwardError::ClientGone.into())),
+        },
     };
     if let Some(tx) = abort.take() {
         // Answered before the whole body was sent: cut the request stream rather than let it
@@ -406,7 +466,7 @@ async fn write_h2_response(
     down.wbuf.extend_from_slice(persistence.header());
     head::put_framing(&mut down.wbuf, out);
     down.wbuf.extend_from_slice(b"\r\n");
-    down.responded = true;
+    let idle = down.limits.idle_timeout;
     let downstream = |e| UpstreamError::Forward(ForwardError::Downstream(e));
     if !no_body {
         while let Some(frame) = body.frame().await {
@@ -415,8 +475,8 @@ async fn write_h2_response(
             if let Ok(data) = frame.into_data() {
                 if !data.is_empty() {
                     put_body(&mut down.wbuf, &data, out);
-                    down.stream
-                        .write_all(&down.wbuf)
+                    down.responded = true;
+                    write_to_client(&mut down.stream, &down.wbuf, &mut down.timer, idle)
                         .await
                         .map_err(downstream)?;
                     down.wbuf.clear();
@@ -427,8 +487,8 @@ async fn write_h2_response(
             down.wbuf.extend_from_slice(LAST_CHUNK);
         }
     }
-    down.stream
-        .write_all(&down.wbuf)
+    down.responded = true;
+    write_to_client(&mut down.stream, &down.wbuf, &mut down.timer, idle)
         .await
         .map_err(downstream)?;
     down.wbuf.clear();
@@ -601,11 +661,10 @@ async fn h2_to_h1(
     if conn.head.is_switching_protocols() {
         return Err(fail(ForwardError::UnaskedUpgrade.into()));
     }
-    let mut response = Response::builder().status(status);
-    let headers = response
-        .headers_mut()
-        .expect("the builder has no error yet");
-    copy_response_headers(&conn.head, headers);
+    let status_code = http::StatusCode::from_u16(status)
+        .map_err(|e| fail(UpstreamError::BadRequest(format!("response status: {e}"))))?;
+    let mut headers = http::HeaderMap::new();
+    copy_response_headers(&conn.head, &mut headers);
     let decoder = BodyDecoder::new(conn.head.body);
     let body = if decoder.is_done() {
         let reusable = body_done && conn.head.keep_alive && conn.rbuf.is_empty();
@@ -624,9 +683,10 @@ async fn h2_to_h1(
         ));
         StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
     };
-    response
-        .body(body)
-        .map_err(|e| fail(UpstreamError::BadRequest(e.to_string())))
+    let mut response = Response::new(body);
+    *response.status_mut() = status_code;
+    *response.headers_mut() = headers;
+    Ok(response)
 }
 
 /// The HTTP/1.1 head for an HTTP/2 request: `Host` from the authority when the request has

@@ -12,5 +12,5 @@ pub(crate) mod pool;
 pub(crate) use balance::EndpointSet;
 pub(crate) use endpoint::Endpoints;
 pub use forward::Protocol;
-pub(crate) use forward::{from_h1, from_h2, Failure, Target, UpstreamError};
+pub(crate) use forward::{from_h1, from_h2, ClientFault, Failure, Target, UpstreamError};
 pub(crate) use h2::Body;

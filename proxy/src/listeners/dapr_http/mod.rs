@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{Downstream, Service};
+use super::{answer_failure, Downstream, Service};
 use crate::answer::Answer;
 use crate::blocks::invoke::{self, LOCAL_HEADERS, LOCAL_HEADERS_BASIC_AUTH};
 use crate::blocks::{
@@ -138,6 +138,7 @@ impl DaprHttp {
             remove_more: rule.map_or(&[], |r| r.rewrite.remove.as_slice()),
             add: &identity[..count],
             add_more: rule.map_or(&[], |r| r.rewrite.add.as_slice()),
+            default_host: Some(&target.app_id),
         };
         let upstream = Target {
             set: &resolved.endpoints,
@@ -147,22 +148,11 @@ impl DaprHttp {
         };
         let status = match request.forward(&upstream, &edits).await {
             Ok(status) => status,
-            Err(failure) if !request.responded() => {
-                let error = invoke::failed(&target.app_id, &failure);
-                let status = error.status;
-                let answer = Answer::from(error);
-                // A malformed body leaves the connection's framing in doubt.
-                let answer = if failure.is_bad_request() {
-                    answer.closing()
-                } else {
-                    answer
-                };
-                request.answer(answer).await;
-                status
-            }
             Err(failure) => {
-                tracing::debug!(app_id = %target.app_id, error = %failure.error, "invocation broke off after its answer started");
-                0
+                answer_failure(request, &failure, || {
+                    invoke::failed(&target.app_id, &failure)
+                })
+                .await
             }
         };
         resolved.metrics.record(status, started.elapsed());
