@@ -25,6 +25,15 @@ const ERR_STATE_STORE_NOT_FOUND: &str = "ERR_STATE_STORE_NOT_FOUND";
 const ERR_STATE_STORES_NOT_CONFIGURED: &str = "ERR_STATE_STORES_NOT_CONFIGURED";
 pub(crate) const ERR_NOT_SUPPORTED_STATE_OPERATION: &str = "ERR_NOT_SUPPORTED_STATE_OPERATION";
 
+/// Items one save, bulk get or transaction may carry.
+pub(crate) const MAX_ITEMS: usize = 10_000;
+/// Keys a bulk get asks the store for at a time, so that an answer over its limit is noticed
+/// before it is all in memory.
+const BULK_BATCH: usize = 100;
+/// What an answer's framing costs per item beyond its key and value (JSON punctuation, the
+/// ETag, an expiry), for the bulk-get size bound.
+const BULK_ITEM_OVERHEAD: usize = 96;
+
 /// One item to save (or, in a transaction, to delete), as the app sent it.
 #[derive(Debug, Default)]
 pub(crate) struct Item {
@@ -116,6 +125,7 @@ pub(crate) async fn delete(
 
 /// Saves every item, in order (not atomically, as daprd), after checking them all.
 pub(crate) async fn save(store: &StateComponent, items: Vec<Item>) -> Result<(), BlockError> {
+    check_count("a save", "items", items.len())?;
     let context = || format!("failed saving state in state store {}", store.name());
     let mut requests = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
@@ -135,34 +145,68 @@ pub(crate) async fn save(store: &StateComponent, items: Vec<Item>) -> Result<(),
     Ok(())
 }
 
-/// Reads `keys` in one call; entries in the same order, `None` for a missing key.
+/// Reads `keys`, each distinct key once (a repeated key is the same item): the distinct keys
+/// in the order first asked for, each with its entry (`None` when missing). The answer is
+/// bounded: once the items read exceed `max_bytes` the call stops and answers 413 naming the
+/// limit, without reading the rest.
 pub(crate) async fn bulk_get(
     store: &StateComponent,
     keys: &[String],
-) -> Result<Vec<Option<StateEntry>>, BlockError> {
+    max_bytes: usize,
+) -> Result<Vec<(String, Option<StateEntry>)>, BlockError> {
+    check_count("a bulk get", "keys", keys.len())?;
     for (i, key) in keys.iter().enumerate() {
         check_key(key).map_err(|e| BlockError::malformed(format!("keys[{i}]: {e}")))?;
     }
-    let storage_keys: Vec<String> = keys
-        .iter()
-        .map(|k| store.opened.key_prefix.storage_key(k))
-        .collect();
-    store
-        .opened
-        .store
-        .bulk_get(&storage_keys)
-        .await
-        .map_err(|e| {
-            state_error(
-                store,
-                e,
-                ERR_STATE_BULK_GET,
-                format!(
-                    "failed getting state in bulk from state store {}",
-                    store.name()
-                ),
-            )
-        })
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    let distinct: Vec<&String> = keys.iter().filter(|k| seen.insert(k.as_str())).collect();
+    let mut out = Vec::with_capacity(distinct.len());
+    let mut size = 2;
+    for batch in distinct.chunks(BULK_BATCH) {
+        let storage_keys: Vec<String> = batch
+            .iter()
+            .map(|k| store.opened.key_prefix.storage_key(k))
+            .collect();
+        let entries = store
+            .opened
+            .store
+            .bulk_get(&storage_keys)
+            .await
+            .map_err(|e| {
+                state_error(
+                    store,
+                    e,
+                    ERR_STATE_BULK_GET,
+                    format!(
+                        "failed getting state in bulk from state store {}",
+                        store.name()
+                    ),
+                )
+            })?;
+        for (key, entry) in batch.iter().zip(entries) {
+            size += key.len() + BULK_ITEM_OVERHEAD + entry.as_ref().map_or(0, |e| e.value.len());
+            if size > max_bytes {
+                return Err(BlockError::new(
+                    413,
+                    ERR_STATE_BULK_GET,
+                    format!(
+                        "the bulk answer would be larger than the {max_bytes}-byte limit (--max-body-size); ask for fewer or smaller items"
+                    ),
+                ));
+            }
+            out.push(((*key).clone(), entry));
+        }
+    }
+    Ok(out)
+}
+
+fn check_count(call: &str, what: &str, count: usize) -> Result<(), BlockError> {
+    if count > MAX_ITEMS {
+        return Err(BlockError::malformed(format!(
+            "{call} takes at most {MAX_ITEMS} {what}; this one has {count}"
+        )));
+    }
+    Ok(())
 }
 
 /// Applies every operation or none.
@@ -170,6 +214,7 @@ pub(crate) async fn transact(
     store: &StateComponent,
     operations: Vec<TxOperation>,
 ) -> Result<(), BlockError> {
+    check_count("a transaction", "operations", operations.len())?;
     let context = || {
         format!(
             "error while executing state transaction in state store {}",

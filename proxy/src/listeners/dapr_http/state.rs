@@ -42,24 +42,36 @@ pub(super) async fn serve<D: Downstream>(
         }
         StateOp::Save => {
             let items: Vec<SaveItem> = parse_json(&body)?;
-            state::save(&store, items.into_iter().map(SaveItem::into_item).collect()).await?;
+            let items = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| item.into_item(&format!("[{i}]")))
+                .collect::<Result<_, _>>()?;
+            state::save(&store, items).await?;
             Ok(Answer::no_content())
         }
         StateOp::BulkGet => {
             let bulk: BulkBody = parse_json(&body)?;
-            let entries = state::bulk_get(&store, &bulk.keys).await?;
-            Ok(Answer::json(200, bulk_json(&bulk.keys, entries)))
+            let items = state::bulk_get(&store, &bulk.keys, shared.options.max_body_bytes).await?;
+            Ok(Answer::json(200, bulk_json(items)))
         }
         StateOp::Transaction => {
             let tx: TransactionBody = parse_json(&body)?;
             let operations = tx
                 .operations
                 .into_iter()
-                .map(|op| TxOperation {
-                    operation: op.operation,
-                    request: op.request.map(SaveItem::into_item),
+                .enumerate()
+                .map(|(i, op)| {
+                    let request = op
+                        .request
+                        .map(|item| item.into_item(&format!("operations[{i}].request")))
+                        .transpose()?;
+                    Ok(TxOperation {
+                        operation: op.operation,
+                        request,
+                    })
                 })
-                .collect();
+                .collect::<Result<_, BlockError>>()?;
             state::transact(&store, operations).await?;
             Ok(Answer::no_content())
         }
@@ -76,11 +88,18 @@ fn takes_body(op: &StateOp) -> bool {
     matches!(op, StateOp::Save | StateOp::BulkGet | StateOp::Transaction)
 }
 
+/// Whether stored bytes are a JSON text (checked without building a value, so numbers such
+/// as `1e999999` and deep nesting within the save limit are JSON here as they were on save).
+fn is_json(value: &[u8]) -> bool {
+    serde_json::from_slice::<&RawValue>(value).is_ok()
+}
+
 /// A found item: its bytes as saved, its ETag, its expiry.
 fn found(entry: StateEntry) -> Answer {
-    let content_type = match serde_json::from_slice::<serde::de::IgnoredAny>(&entry.value) {
-        Ok(_) => "application/json",
-        Err(_) => "application/octet-stream",
+    let content_type = if is_json(&entry.value) {
+        "application/json"
+    } else {
+        "application/octet-stream"
     };
     let mut headers = vec![
         ("content-type", content_type.to_string()),
@@ -100,31 +119,76 @@ fn found(entry: StateEntry) -> Answer {
     }
 }
 
-fn bulk_json(keys: &[String], entries: Vec<Option<StateEntry>>) -> String {
-    let items: Vec<serde_json::Value> = keys
+/// The bulk answer: `[{"key","data","etag","metadata"}…]`, each value exactly as stored — a
+/// JSON value inline, anything else as a JSON string — so a value reads back the same through
+/// GET and bulk get.
+fn bulk_json(items: Vec<(String, Option<StateEntry>)>) -> Vec<u8> {
+    let capacity = items
         .iter()
-        .zip(entries)
-        .map(|(key, entry)| {
-            let mut item = serde_json::json!({ "key": key });
-            if let Some(entry) = entry {
-                item["data"] = json_or_text(&entry.value);
-                item["etag"] = entry.etag.into();
-                if let Some(at) = entry.expires_at {
-                    item["metadata"] = serde_json::json!({
-                        "ttlExpireTime": humantime::format_rfc3339_seconds(at).to_string()
-                    });
-                }
+        .map(|(k, e)| k.len() + 64 + e.as_ref().map_or(0, |e| e.value.len()))
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(capacity + 2);
+    out.push(b'[');
+    for (i, (key, entry)) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"key\":");
+        push_json_string(&mut out, key);
+        if let Some(entry) = entry {
+            out.extend_from_slice(b",\"data\":");
+            if is_json(&entry.value) {
+                out.extend_from_slice(entry.value.trim_ascii());
+            } else {
+                push_json_string(&mut out, &String::from_utf8_lossy(&entry.value));
             }
-            item
-        })
-        .collect();
-    serde_json::Value::from(items).to_string()
+            out.extend_from_slice(b",\"etag\":");
+            push_json_string(&mut out, &entry.etag);
+            if let Some(at) = entry.expires_at {
+                out.extend_from_slice(b",\"metadata\":{\"ttlExpireTime\":");
+                push_json_string(&mut out, &humantime::format_rfc3339_seconds(at).to_string());
+                out.push(b'}');
+            }
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    out
 }
 
-/// A stored value inside a JSON answer: as JSON when it is JSON, else as a string.
-fn json_or_text(value: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(value)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(value).into_owned()))
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// Values nested deeper than this are refused on save: no parser downstream (a client's, the
+/// gRPC API's conversions) can be driven into deep recursion by a stored value.
+pub(crate) const MAX_JSON_DEPTH: usize = 128;
+
+/// How deeply a JSON text nests arrays and objects (strings skipped, escapes honoured).
+fn json_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 // === request bodies ===
@@ -145,10 +209,18 @@ struct SaveItem {
 
 impl SaveItem {
     /// The value is stored as the JSON text sent (a string keeps its quotes), as daprd does
-    /// over HTTP.
-    fn into_item(self) -> Item {
+    /// over HTTP; one nested deeper than [`MAX_JSON_DEPTH`] is refused.
+    fn into_item(self, at: &str) -> Result<Item, BlockError> {
+        if let Some(value) = &self.value {
+            let depth = json_depth(value.get().as_bytes());
+            if depth > MAX_JSON_DEPTH {
+                return Err(BlockError::malformed(format!(
+                    "{at}.value: nested {depth} levels deep; the limit is {MAX_JSON_DEPTH}"
+                )));
+            }
+        }
         let options = self.options.unwrap_or_default();
-        Item {
+        Ok(Item {
             key: self.key,
             value: self
                 .value
@@ -157,7 +229,7 @@ impl SaveItem {
             concurrency: options.concurrency,
             consistency: options.consistency,
             ttl_in_seconds: self.metadata.get("ttlInSeconds").and_then(Scalar::text),
-        }
+        })
     }
 }
 
@@ -283,4 +355,36 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BlockErr
         .end()
         .map_err(|e| BlockError::malformed(format!("request body is not valid: {e}")))?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_counts_nesting_and_skips_strings() {
+        assert_eq!(json_depth(b"1"), 0);
+        assert_eq!(json_depth(br#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(br#"["[[[{{{", "\"]]]"]"#), 1);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(json_depth(deep.as_bytes()), 200);
+    }
+
+    #[test]
+    fn bulk_answers_embed_json_values_as_they_were_stored() {
+        let entry = |value: &'static [u8]| StateEntry {
+            value: Bytes::from_static(value),
+            etag: "7".to_string(),
+            expires_at: None,
+        };
+        let items = vec![
+            ("big".to_string(), Some(entry(b"1e999999"))),
+            ("text".to_string(), Some(entry(b"plain \"words\""))),
+            ("gone".to_string(), None),
+        ];
+        assert_eq!(
+            String::from_utf8(bulk_json(items)).unwrap(),
+            r#"[{"key":"big","data":1e999999,"etag":"7"},{"key":"text","data":"plain \"words\"","etag":"7"},{"key":"gone"}]"#
+        );
+    }
 }
