@@ -12,10 +12,11 @@ pub mod duration;
 mod error;
 mod loader;
 pub mod mesh;
+pub mod redact;
 mod route;
 mod snapshot;
 
 pub use error::LoadError;
-pub use loader::{load_dir, load_dir_unchecked, load_str};
+pub use loader::{load_dir, load_dir_unchecked, load_dir_with_sources, load_str, Sources};
 pub use route::{HeaderMatch, HeaderRewrite, Route, RouteMatch, RouteRule, WeightedCluster};
 pub use snapshot::{Cluster, Endpoint, LoadBalancer, Policies, Snapshot, SnapshotError};

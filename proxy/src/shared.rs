@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use outrigger_config::redact::Secrets;
 use outrigger_config::{Snapshot, SnapshotError};
 use tokio::sync::watch;
 
@@ -90,15 +91,19 @@ pub enum ProxyError {
         flag: &'static str,
         source: std::io::Error,
     },
+    /// The message has the configuration's secrets scrubbed out.
     #[error("invalid configuration: {0}")]
-    Config(#[from] SnapshotError),
+    Config(String),
     #[error("cannot write this sidecar's entry into the registry {dir}: {source}")]
     Registry { dir: String, source: std::io::Error },
 }
 
 impl Shared {
     pub fn new(options: SidecarOptions, snapshot: Snapshot) -> Result<Arc<Self>, ProxyError> {
-        snapshot.validate()?;
+        let secrets = Secrets::of(&snapshot);
+        let refused =
+            |e: SnapshotError| ProxyError::Config(secrets.scrub(&e.to_string()).into_owned());
+        snapshot.validate().map_err(refused)?;
         let endpoints = Arc::new(Endpoints::default());
         let metrics = Arc::new(Metrics::new());
         let active = ActiveConfig::build(
@@ -109,7 +114,8 @@ impl Shared {
                 endpoints: &endpoints,
                 metrics: &metrics,
             },
-        )?;
+        )
+        .map_err(refused)?;
         let registry = options
             .registry_dir
             .clone()

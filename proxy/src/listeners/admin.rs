@@ -1,5 +1,6 @@
 //! The admin listener (default 127.0.0.1:15000): `/ready`, `/healthz`, `/metrics` (Prometheus
-//! text), `/config_dump` (the active snapshot, the listeners and what discovery sees, as JSON)
+//! text), `/config_dump` (the active snapshot with its secrets masked, the listeners and what
+//! discovery sees, as JSON)
 //! and `/clusters` (every upstream endpoint with its counters).
 
 use std::sync::atomic::Ordering;
@@ -34,7 +35,8 @@ impl Admin {
                 "admin": a.admin.to_string(),
             })),
             "registry_dir": shared.registry.as_ref().map(|r| r.dir().display().to_string()),
-            "snapshot": *shared.snapshot(),
+            // Component secrets are masked; secretKeyRef and envRef references stay visible.
+            "snapshot": shared.snapshot().redacted(),
         });
         serde_json::to_vec_pretty(&dump).unwrap_or_default()
     }
