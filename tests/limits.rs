@@ -224,3 +224,138 @@ async fn values_within_the_nesting_limit_read_back_identically_and_deeper_ones_a
         );
     }
 }
+
+const SECRET_COMPONENTS: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: cache}
+spec:
+  type: state.redis
+  version: v1
+  metadata:
+  - {name: redisHost, value: '127.0.0.1:1'}
+  - {name: redisPassword, value: hunter2-inline-secret}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: db}
+spec:
+  type: state.postgresql
+  version: v1
+  metadata:
+  - {name: connectionString, value: 'host=127.0.0.1 user=postgres password=pg-inline-secret dbname=x'}
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata: {name: events}
+spec:
+  type: pubsub.kafka
+  version: v1
+  metadata:
+  - {name: brokers, value: '127.0.0.1:9092'}
+  - name: saslPassword
+    secretKeyRef: {name: kafka-secrets, key: sasl}
+";
+
+const SECRETS: [&str; 2] = ["hunter2-inline-secret", "pg-inline-secret"];
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{secret} in {what}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inline_secrets_never_appear_in_the_dump_the_metadata_the_log_or_a_nack() {
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(resources.path().join("components.yaml"), SECRET_COMPONENTS).unwrap();
+    let registry = tempfile::tempdir().unwrap();
+    let a = SidecarBuilder::new("a", registry.path())
+        .arg("--resources-path")
+        .arg(resources.path().to_str().unwrap())
+        .start();
+    let http = client();
+    let dump = http
+        .get(a.admin_url("/config_dump"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_no_secret("/config_dump", &dump);
+    assert!(dump.contains("\"redisPassword\""), "{dump}");
+    assert!(dump.contains("[redacted]"), "{dump}");
+    assert!(dump.contains("password=[redacted] dbname=x"), "{dump}");
+    assert!(
+        dump.contains("kafka-secrets"),
+        "the secretKeyRef stays visible:\n{dump}"
+    );
+    let metadata = http
+        .get(a.url("/v1.0/metadata"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_no_secret("/v1.0/metadata", &metadata);
+    assert!(metadata.contains("\"cache\""), "{metadata}");
+
+    // Through the control plane: a refused component quoting the secret is NACKed without it.
+    let config = tempfile::tempdir().unwrap();
+    let quoting = SECRET_COMPONENTS.replace(
+        "  - {name: redisPassword, value: hunter2-inline-secret}\n",
+        "  - {name: redisPassword, value: hunter2-inline-secret}\n  - {name: redisDB, value: hunter2-inline-secret}\n",
+    );
+    std::fs::write(config.path().join("components.yaml"), &quoting).unwrap();
+    let control = start_control(config.path());
+    let b = SidecarBuilder::new("b", registry.path())
+        .arg("--no-discovery")
+        .arg("--control-plane")
+        .arg(&format!("http://{}", control.listen))
+        .start();
+    let mut nack = Value::Null;
+    for _ in 0..100 {
+        let sidecars: Value = get_json(format!("http://{}/sidecars", control.admin)).await;
+        nack = sidecars[0]["last_nack"].clone();
+        if nack.is_object() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let message = nack["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no NACK: {nack}"));
+    assert!(
+        message.contains("redisDB: \"[redacted]\" is not a whole number"),
+        "{message}"
+    );
+    assert_no_secret("the NACK", message);
+    assert_no_secret("the control plane's log", &control.proc.output());
+    assert_no_secret("the sidecar's log", &b.proc.output());
+    assert_no_secret("the sidecar's log", &a.proc.output());
+
+    // At start-up, the same refusal names the field and not the secret.
+    std::fs::write(resources.path().join("components.yaml"), &quoting).unwrap();
+    let output = std::process::Command::new(outrigger_bin())
+        .args([
+            "sidecar",
+            "--app-id",
+            "c",
+            "--dapr-http-port",
+            "0",
+            "--mesh-port",
+            "0",
+            "--admin-port",
+            "0",
+            "--no-discovery",
+        ])
+        .arg("--resources-path")
+        .arg(resources.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("redisDB"), "{stderr}");
+    assert_no_secret("the start-up error", &stderr);
+}

@@ -44,6 +44,31 @@ pub fn load_dir_unchecked(dir: &Path) -> Result<Snapshot, LoadError> {
     load_dir_parts(dir).map(|(snapshot, _)| snapshot)
 }
 
+/// Like [`load_dir_unchecked`], with the file each resource came from (for messages about a
+/// resource found only after loading, such as one too large to push).
+pub fn load_dir_with_sources(dir: &Path) -> Result<(Snapshot, Sources), LoadError> {
+    load_dir_parts(dir).map(|(snapshot, origins)| {
+        let files = origins
+            .into_iter()
+            .map(|(key, origin)| (key, origin.file))
+            .collect();
+        (snapshot, Sources(files))
+    })
+}
+
+/// Which file each resource came from, by kind (`Component`, `Route`, …) and name.
+#[derive(Debug, Clone, Default)]
+pub struct Sources(BTreeMap<(&'static str, String), PathBuf>);
+
+impl Sources {
+    pub fn file_of(&self, kind: &str, name: &str) -> Option<&Path> {
+        self.0
+            .iter()
+            .find(|((k, n), _)| *k == kind && n == name)
+            .map(|(_, file)| file.as_path())
+    }
+}
+
 fn load_dir_parts(dir: &Path) -> Result<(Snapshot, Origins), LoadError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| LoadError::new(dir, format!("cannot read the resources directory: {e}")))?;

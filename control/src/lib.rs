@@ -1,5 +1,5 @@
 //! `outrigger control --config-dir DIR`: the control plane. It watches a directory of Dapr and
-//! mesh YAML (debounced), keeps the registry of connected sidecars, and pushes each resource
+//! mesh YAML (one reload per change), keeps the registry of connected sidecars, and pushes each resource
 //! type to every sidecar over the mesh.v1 discovery stream (docs/control-plane-protocol.md).
 //! An admin listener shows the connected sidecars with their acknowledged versions and last
 //! NACK, and Prometheus metrics.
@@ -10,12 +10,11 @@ mod desired;
 mod metrics;
 mod registry;
 mod server;
+mod watch;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use outrigger_proto::mesh::v1::aggregated_discovery_server::AggregatedDiscoveryServer;
 pub use server::ControlPlane;
@@ -32,7 +31,15 @@ pub struct ControlArgs {
     /// Admin address: /sidecars (JSON), /metrics, /healthz
     #[arg(long, default_value = "127.0.0.1:15011")]
     admin: SocketAddr,
+    /// The most sidecars registered at once; a stream beyond it is refused
+    /// (RESOURCE_EXHAUSTED) until one leaves
+    #[arg(long, default_value_t = 10_000)]
+    max_sidecars: usize,
 }
+
+/// The largest message a sidecar may send on its stream: registrations, ACKs and NACKs are
+/// small, so a bigger one is refused by the transport before it is decoded.
+const MAX_INBOUND_MESSAGE: usize = 64 * 1024;
 
 pub fn run(args: ControlArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -56,10 +63,10 @@ pub fn run(args: ControlArgs) -> ExitCode {
 }
 
 async fn serve(args: ControlArgs) -> Result<(), String> {
-    let snapshot = outrigger_config::load_dir_unchecked(&args.config_dir)
+    let (snapshot, sources) = outrigger_config::load_dir_with_sources(&args.config_dir)
         .map_err(|e| format!("cannot load {}: {e}", args.config_dir.display()))?;
-    let plane = ControlPlane::new(snapshot);
-    let _watcher = watch_config(&args.config_dir, plane.clone())?;
+    let plane = ControlPlane::new(snapshot, sources, args.max_sidecars);
+    let _watcher = watch::watch_config(&args.config_dir, plane.clone())?;
     let grpc = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {} (--listen): {e}", args.listen))?;
@@ -83,47 +90,11 @@ async fn serve(args: ControlArgs) -> Result<(), String> {
         }
     };
     tonic::transport::Server::builder()
-        .add_service(AggregatedDiscoveryServer::new(server::DiscoveryService(
-            plane,
-        )))
+        .add_service(
+            AggregatedDiscoveryServer::new(server::DiscoveryService(plane))
+                .max_decoding_message_size(MAX_INBOUND_MESSAGE),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| e.to_string())
-}
-
-/// Reloads the directory 100 ms after the last change. A file that does not parse keeps the
-/// previous configuration in force (and says why); cross-reference problems are left to the
-/// sidecars, which NACK them with the reason.
-fn watch_config(
-    dir: &Path,
-    plane: Arc<ControlPlane>,
-) -> Result<
-    notify_debouncer_mini::Debouncer<notify_debouncer_mini::notify::RecommendedWatcher>,
-    String,
-> {
-    let watched = dir.to_path_buf();
-    let mut debouncer = notify_debouncer_mini::new_debouncer(Duration::from_millis(100), move |events: notify_debouncer_mini::DebounceEventResult| {
-        if events.is_err() {
-            return;
-        }
-        match outrigger_config::load_dir_unchecked(&watched) {
-            Ok(snapshot) => {
-                if let Err(e) = snapshot.validate() {
-                    tracing::warn!(error = %e, "pushing a configuration sidecars are expected to refuse");
-                }
-                tracing::info!(version = %snapshot.version, "configuration changed");
-                plane.set_snapshot(snapshot);
-            }
-            Err(e) => tracing::error!(error = %e, "configuration not reloaded; the previous one stays in force"),
-        }
-    })
-    .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    debouncer
-        .watcher()
-        .watch(
-            dir,
-            notify_debouncer_mini::notify::RecursiveMode::NonRecursive,
-        )
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    Ok(debouncer)
 }

@@ -1,4 +1,4 @@
-//! The control plane's Prometheus metrics: pushes, NACKs, push-to-ACK latency.
+//! The control plane's Prometheus metrics: reloads, pushes, NACKs, refusals, push-to-ACK latency.
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, Registry, TextEncoder};
 
@@ -7,6 +7,9 @@ pub(crate) struct Metrics {
     pub(crate) pushes: IntCounter,
     pub(crate) nacks: IntCounter,
     pub(crate) push_to_ack: Histogram,
+    pub(crate) reloads: IntCounter,
+    pub(crate) oversized: IntCounter,
+    pub(crate) refused_registrations: IntCounter,
 }
 
 impl Metrics {
@@ -28,11 +31,29 @@ impl Metrics {
             ]),
         )
         .expect("static metric");
+        let reloads = IntCounter::new(
+            "outrigger_control_reloads_total",
+            "Changes of the config directory loaded (saves that changed nothing are not counted)",
+        )
+        .expect("static metric");
+        let oversized = IntCounter::new(
+            "outrigger_control_oversized_total",
+            "Configurations not pushed because a resource type exceeded the 16 MiB push limit",
+        )
+        .expect("static metric");
+        let refused_registrations = IntCounter::new(
+            "outrigger_control_refused_registrations_total",
+            "Streams refused: malformed node identity, or --max-sidecars reached",
+        )
+        .expect("static metric");
         let registry = Registry::new();
         for collector in [
             Box::new(pushes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(nacks.clone()),
             Box::new(push_to_ack.clone()),
+            Box::new(reloads.clone()),
+            Box::new(oversized.clone()),
+            Box::new(refused_registrations.clone()),
         ] {
             registry
                 .register(collector)
@@ -43,6 +64,9 @@ impl Metrics {
             pushes,
             nacks,
             push_to_ack,
+            reloads,
+            oversized,
+            refused_registrations,
         }
     }
 

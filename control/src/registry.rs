@@ -50,6 +50,10 @@ impl Registry {
         self.sidecars.get_mut(&stream)
     }
 
+    pub fn len(&self) -> usize {
+        self.sidecars.len()
+    }
+
     pub fn all(&self) -> Vec<Registered> {
         self.sidecars.values().cloned().collect()
     }

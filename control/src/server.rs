@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use outrigger_config::Snapshot;
+use outrigger_config::redact::Secrets;
+use outrigger_config::{Snapshot, Sources};
 use outrigger_proto::mesh::v1 as mesh;
 use outrigger_proto::mesh::v1::aggregated_discovery_server::AggregatedDiscovery;
 use outrigger_proto::mesh::v1::{DiscoveryRequest, DiscoveryResponse};
@@ -16,40 +17,121 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::desired::Desired;
+use crate::desired::{Desired, PUSH_LIMIT};
 use crate::metrics::Metrics;
 use crate::registry::{Nack, Registered, Registry};
 
 /// Everything the streams share.
 pub struct ControlPlane {
-    snapshot: Mutex<Snapshot>,
+    config: Mutex<Config>,
     pub(crate) registry: Mutex<Registry>,
     desired: watch::Sender<Arc<Desired>>,
     next_stream: AtomicU64,
     pub(crate) metrics: Metrics,
+    /// At most this many sidecars are registered at once.
+    max_sidecars: usize,
+}
+
+/// The config directory as loaded: the snapshot, where each resource came from, its secrets
+/// (scrubbed out of what is logged), and the version last reported as too large to push.
+struct Config {
+    snapshot: Snapshot,
+    sources: Sources,
+    secrets: Secrets,
+    reported_oversized: Option<String>,
 }
 
 impl ControlPlane {
-    pub fn new(snapshot: Snapshot) -> Arc<ControlPlane> {
-        let desired = Desired::build(&snapshot, &[]);
-        Arc::new(ControlPlane {
-            snapshot: Mutex::new(snapshot),
+    pub fn new(snapshot: Snapshot, sources: Sources, max_sidecars: usize) -> Arc<ControlPlane> {
+        let plane = Arc::new(ControlPlane {
+            config: Mutex::new(Config {
+                secrets: Secrets::of(&snapshot),
+                snapshot,
+                sources,
+                reported_oversized: None,
+            }),
             registry: Mutex::new(Registry::default()),
-            desired: watch::Sender::new(Arc::new(desired)),
+            desired: watch::Sender::new(Arc::new(Desired::default())),
             next_stream: AtomicU64::new(1),
             metrics: Metrics::new(),
-        })
+            max_sidecars,
+        });
+        plane.recompute();
+        plane
+    }
+
+    /// The version of the configuration in force.
+    pub fn version(&self) -> String {
+        lock(&self.config).snapshot.version.clone()
     }
 
     /// A new config directory state: recompute and wake every stream.
-    pub fn set_snapshot(&self, snapshot: Snapshot) {
-        *lock(&self.snapshot) = snapshot;
+    pub fn set_snapshot(&self, snapshot: Snapshot, sources: Sources) {
+        {
+            let mut config = lock(&self.config);
+            config.secrets = Secrets::of(&snapshot);
+            config.snapshot = snapshot;
+            config.sources = sources;
+        }
+        self.metrics.reloads.inc();
         self.recompute();
+    }
+
+    /// `text` with the configuration's secrets scrubbed out, for the log.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        lock(&self.config).secrets.scrub(text).into_owned()
     }
 
     fn recompute(&self) {
         let registered = lock(&self.registry).all();
-        let desired = Desired::build(&lock(&self.snapshot), &registered);
+        let mut config = lock(&self.config);
+        let mut desired = Desired::build(&config.snapshot, &registered);
+        let oversized = desired.oversized();
+        if !oversized.is_empty() {
+            // Sidecars would refuse the message and reconnect forever: keep the type's last
+            // pushed set in force and say which resources are too large.
+            let current = self.desired.borrow().clone();
+            for (type_url, _) in &oversized {
+                match current.types.get(type_url) {
+                    Some(previous) => desired.types.insert(type_url, previous.clone()),
+                    None => desired.types.remove(type_url),
+                };
+            }
+            let version = config.snapshot.version.clone();
+            if config.reported_oversized.as_deref() != Some(version.as_str()) {
+                self.metrics.oversized.inc();
+                for (type_url, len) in &oversized {
+                    let state = Desired::build(&config.snapshot, &registered)
+                        .types
+                        .remove(type_url)
+                        .unwrap_or_default();
+                    let mut largest = state.sizes.clone();
+                    largest.sort_by_key(|(_, _, size)| std::cmp::Reverse(*size));
+                    let named: Vec<String> = largest
+                        .iter()
+                        .take(3)
+                        .map(|(kind, name, size)| {
+                            let file = config
+                                .sources
+                                .file_of(kind, name)
+                                .map_or("?".to_string(), |f| f.display().to_string());
+                            format!("{kind} {name:?} in {file} ({size} bytes)")
+                        })
+                        .collect();
+                    tracing::error!(
+                        type_url,
+                        bytes = len,
+                        limit = PUSH_LIMIT,
+                        largest = %named.join(", "),
+                        "not pushed: this resource type is over the push limit; sidecars keep their last good version"
+                    );
+                }
+                config.reported_oversized = Some(version);
+            }
+        } else {
+            config.reported_oversized = None;
+        }
+        drop(config);
         self.desired.send_if_modified(|current| {
             if **current == desired {
                 return false;
@@ -92,6 +174,7 @@ impl AggregatedDiscovery for DiscoveryService {
                 tx,
                 subscriptions: BTreeMap::new(),
                 nonce: 0,
+                unknown_types: 0,
             };
             stream.serve(inbound).await;
             if lock(&plane.registry).remove(id).is_some() {
@@ -119,6 +202,52 @@ struct StreamState {
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     subscriptions: BTreeMap<&'static str, Subscription>,
     nonce: u64,
+    /// Requests for unknown types so far; only the first few are logged.
+    unknown_types: u64,
+}
+
+/// The longest NACK message kept (and logged) from a sidecar.
+const MAX_NACK_MESSAGE: usize = 4096;
+/// Unknown-type requests logged per stream before they are only counted.
+const UNKNOWN_TYPES_LOGGED: u64 = 3;
+
+/// Checks what a sidecar says about itself: bounded, and made of the characters app ids,
+/// namespaces and addresses are made of, so nothing it sends can balloon the registry or
+/// forge a log line.
+fn check_node(node: &mesh::Node) -> Result<(), Status> {
+    fn check(
+        field: &str,
+        value: &str,
+        max: usize,
+        allowed: fn(char) -> bool,
+    ) -> Result<(), Status> {
+        if value.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "node.{field} is {} bytes; at most {max} are allowed",
+                value.len()
+            )));
+        }
+        if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
+            return Err(Status::invalid_argument(format!(
+                "node.{field} contains {bad:?}; use letters, digits, '-' and '_'"
+            )));
+        }
+        Ok(())
+    }
+    let name = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    check("app_id", &node.app_id, 253, name)?;
+    check("namespace", &node.namespace, 253, name)?;
+    check("id", &node.id, 512, |c| c.is_ascii_graphic())?;
+    check("address", &node.address, 253, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '_' | '[' | ']')
+    })?;
+    if node.mesh_port == 0 || node.mesh_port > u32::from(u16::MAX) {
+        return Err(Status::invalid_argument(format!(
+            "node.mesh_port {} is not a TCP port",
+            node.mesh_port
+        )));
+    }
+    Ok(())
 }
 
 impl StreamState {
@@ -129,11 +258,19 @@ impl StreamState {
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
                         let current = desired.borrow().clone();
-                        self.on_request(request, &current).await;
+                        if let Err(status) = self.on_request(request, &current).await {
+                            self.plane.metrics.refused_registrations.inc();
+                            tracing::warn!(stream = self.id, error = ?status.message(), "stream refused");
+                            let _ = self.tx.send(Err(status)).await;
+                            return;
+                        }
                     }
                     Ok(None) => return,
                     Err(status) => {
-                        tracing::debug!(stream = self.id, %status, "stream ended");
+                        // A message over the inbound limit, or a broken stream: the sidecar
+                        // hears why.
+                        tracing::debug!(stream = self.id, status = ?status.message(), "stream ended");
+                        let _ = self.tx.send(Err(status)).await;
                         return;
                     }
                 },
@@ -148,10 +285,22 @@ impl StreamState {
         }
     }
 
-    async fn on_request(&mut self, request: DiscoveryRequest, desired: &Desired) {
+    async fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+        desired: &Desired,
+    ) -> Result<(), Status> {
         if let Some(node) = &request.node {
             let registered = lock(&self.plane.registry).get_mut(self.id).is_some();
+            // A stream without an app id only watches (tools, tests): it is not registered.
             if !registered && !node.app_id.is_empty() {
+                check_node(node)?;
+                let count = lock(&self.plane.registry).len();
+                if count >= self.plane.max_sidecars {
+                    return Err(Status::resource_exhausted(format!(
+                        "{count} sidecars are registered, the most this control plane takes (--max-sidecars)"
+                    )));
+                }
                 let sidecar = Registered {
                     node_id: node.id.clone(),
                     app_id: node.app_id.clone(),
@@ -160,7 +309,7 @@ impl StreamState {
                     acked: BTreeMap::new(),
                     last_nack: None,
                 };
-                tracing::info!(stream = self.id, node = %node.id, app_id = %node.app_id, "sidecar registered");
+                tracing::info!(stream = self.id, node = ?node.id, app_id = ?node.app_id, "sidecar registered");
                 lock(&self.plane.registry).insert(self.id, sidecar);
                 self.plane.recompute();
             }
@@ -170,8 +319,18 @@ impl StreamState {
             .copied()
             .find(|t| *t == request.type_url)
         else {
-            tracing::warn!(stream = self.id, type_url = %request.type_url, "request for an unknown resource type ignored");
-            return;
+            self.unknown_types += 1;
+            if self.unknown_types <= UNKNOWN_TYPES_LOGGED {
+                let type_url: String = request.type_url.chars().take(200).collect();
+                tracing::warn!(stream = self.id, type_url = ?type_url, "request for an unknown resource type ignored");
+            } else if self.unknown_types.is_power_of_two() {
+                tracing::warn!(
+                    stream = self.id,
+                    count = self.unknown_types,
+                    "requests for unknown resource types keep coming; ignored"
+                );
+            }
+            return Ok(());
         };
         if request.response_nonce.is_empty() {
             // A subscription (or re-subscription after a reconnect) with the client's version.
@@ -188,26 +347,30 @@ impl StreamState {
                 }
             }
             self.push_if_changed(type_url, desired).await;
-            return;
+            return Ok(());
         }
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
-            return;
+            return Ok(());
         };
         if subscription.nonce.as_deref() != Some(request.response_nonce.as_str()) {
-            return; // stale: answers a response that has been superseded
+            return Ok(()); // stale: answers a response that has been superseded
         }
         let latency = subscription.sent_at.map(|t| t.elapsed());
+        let scrubbed = request.error_detail.as_ref().map(|error| {
+            let bounded: String = error.message.chars().take(MAX_NACK_MESSAGE).collect();
+            self.plane.scrub(&bounded)
+        });
         let mut registry = lock(&self.plane.registry);
         let Some(sidecar) = registry.get_mut(self.id) else {
-            return;
+            return Ok(());
         };
-        match request.error_detail {
-            Some(error) => {
+        match scrubbed {
+            Some(message) => {
                 self.plane.metrics.nacks.inc();
-                tracing::warn!(node = %sidecar.node_id, type_url, message = %error.message, "NACK");
+                tracing::warn!(node = ?sidecar.node_id, type_url, message = ?message, "NACK");
                 sidecar.last_nack = Some(Nack {
                     type_url: type_url.to_string(),
-                    message: error.message,
+                    message,
                 });
             }
             None => {
@@ -229,6 +392,7 @@ impl StreamState {
                 }
             }
         }
+        Ok(())
     }
 
     async fn push_changed(&mut self, desired: &Desired) {

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::shared::Shared;
+use outrigger_config::redact::Secrets;
 
 const INVALID_ARGUMENT: i32 = 3;
 
@@ -116,6 +117,12 @@ fn by_name<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// The largest discovery response accepted: one resource type's whole set. The control plane
+/// refuses to push a set above it (and says which resources are too large).
+const MAX_PUSH_MESSAGE: usize = 16 * 1024 * 1024;
+/// The longest refusal sent back in a NACK.
+const MAX_NACK_MESSAGE: usize = 4096;
+
 /// Runs the client for the life of the sidecar.
 pub(crate) async fn run(sidecar: Arc<Shared>, endpoint: String, node: Node) {
     let mut store = Store::default();
@@ -147,7 +154,8 @@ async fn stream_once(
 ) -> Result<bool, String> {
     let mut client = AggregatedDiscoveryClient::connect(endpoint.to_string())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .max_decoding_message_size(MAX_PUSH_MESSAGE);
     let (tx, rx) = mpsc::channel(16);
     for (i, type_url) in mesh::PUSH_ORDER.iter().enumerate() {
         let request = DiscoveryRequest {
@@ -168,9 +176,14 @@ async fn stream_once(
     while let Some(response) = inbound.message().await.map_err(|e| e.to_string())? {
         received = true;
         let outcome = store.with(&response).and_then(|next| {
-            sidecar
-                .install(next.snapshot())
-                .map_err(|e| e.to_string())?;
+            // A refusal may quote a component's values: its secrets never leave in a NACK
+            // or a log line.
+            let candidate = next.snapshot();
+            let secrets = Secrets::of(&candidate);
+            sidecar.install(candidate).map_err(|e| {
+                let message = secrets.scrub(&e.to_string()).into_owned();
+                message.chars().take(MAX_NACK_MESSAGE).collect::<String>()
+            })?;
             Ok(next)
         });
         let answer = match outcome {
@@ -185,7 +198,7 @@ async fn stream_once(
                 }
             }
             Err(message) => {
-                tracing::warn!(type_url = %response.type_url, version = %response.version_info, %message, "refused (NACK)");
+                tracing::warn!(type_url = ?response.type_url, version = ?response.version_info, message = ?message, "refused (NACK)");
                 DiscoveryRequest {
                     type_url: response.type_url.clone(),
                     version_info: store
