@@ -48,3 +48,5 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# Every parser that takes outside input, fuzzed for a bounded time (docs/fuzzing.md).
+./scripts/fuzz.sh

@@ -94,6 +94,35 @@ impl Store {
     }
 }
 
+/// Decodes a response built from `data` as a sidecar would (for the fuzz targets): the first
+/// byte picks the type, the rest is resources separated by 0xff bytes.
+pub(crate) fn decode_for_fuzzing(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let type_url = mesh::PUSH_ORDER[usize::from(pick) % mesh::PUSH_ORDER.len()];
+    let resources = rest
+        .split(|b| *b == 0xff)
+        .filter(|r| !r.is_empty())
+        .map(|value| outrigger_proto::Any {
+            type_url: type_url.to_string(),
+            value: value.to_vec(),
+        })
+        .collect();
+    let response = DiscoveryResponse {
+        type_url: type_url.to_string(),
+        version_info: "fuzz".into(),
+        nonce: "1".into(),
+        resources,
+    };
+    if let Ok(store) = Store::default().with(&response) {
+        let snapshot = store.snapshot();
+        let _ = snapshot.validate();
+        let _ = Secrets::of(&snapshot).scrub("x");
+        let _ = snapshot.redacted();
+    }
+}
+
 /// Decodes every resource of a response, keyed by `key`; a duplicate key is an error.
 fn by_name<T: DeserializeOwned>(
     response: &DiscoveryResponse,

@@ -19,6 +19,8 @@ mod components;
 mod control_client;
 mod discovery;
 mod drain;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod http1;
 mod launch;
 mod listeners;

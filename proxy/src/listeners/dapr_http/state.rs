@@ -191,6 +191,27 @@ fn json_depth(text: &[u8]) -> usize {
     deepest
 }
 
+/// Runs every request-body decoder on `data`, as a save, a bulk get and a transaction would
+/// (for the fuzz targets; errors are expected, panics are not).
+pub(crate) fn decode_for_fuzzing(data: &[u8]) {
+    if let Ok(items) = parse_json::<Vec<SaveItem>>(data) {
+        for (i, item) in items.into_iter().enumerate() {
+            let _ = item.into_item(&format!("[{i}]"));
+        }
+    }
+    let _ = parse_json::<BulkBody>(data);
+    if let Ok(tx) = parse_json::<TransactionBody>(data) {
+        for op in tx.operations {
+            if let Some(item) = op.request {
+                let _ = item.into_item("operations[0].request");
+            }
+        }
+    }
+    let _ = Query::parse(std::str::from_utf8(data).ok());
+    let _ = decode_key(&String::from_utf8_lossy(data));
+    let _ = json_depth(data);
+}
+
 // === request bodies ===
 
 #[derive(Deserialize)]

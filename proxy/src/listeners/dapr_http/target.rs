@@ -153,13 +153,17 @@ fn state_call(method: &http::Method, rest: &str) -> StateCall {
 }
 
 fn invoke(app: &str, path_and_query: String, via_basic_auth: bool) -> ApiRoute {
-    // Namespaced ids are `<app>.<namespace>`; Dapr app ids cannot contain a dot.
+    // Namespaced ids are `<app>.<namespace>`; Dapr app ids cannot contain a dot. An id with
+    // nothing before the dot names no app.
     let (app_id, namespace) = match app.split_once('.') {
-        Some((a, ns)) => (a.to_string(), Some(ns.to_string())),
-        None => (app.to_string(), None),
+        Some((a, ns)) => (a, (!ns.is_empty()).then(|| ns.to_string())),
+        None => (app, None),
     };
+    if app_id.is_empty() {
+        return ApiRoute::NoAppId;
+    }
     ApiRoute::Invoke(InvokeTarget {
-        app_id,
+        app_id: app_id.to_string(),
         namespace,
         path_and_query,
         via_basic_auth,
@@ -257,6 +261,19 @@ mod tests {
     #[test]
     fn missing_app_id_or_method() {
         assert_eq!(route("/orders", None, None, None), ApiRoute::NoAppId);
+        // Found by the invoke_target fuzzer: a namespace with no app before it.
+        assert_eq!(
+            route("/v1.0/invoke/.prod/method/orders", None, None, None),
+            ApiRoute::NoAppId
+        );
+        assert_eq!(
+            route("/orders", None, Some(".prod"), None),
+            ApiRoute::NoAppId
+        );
+        assert_eq!(
+            route("/v1.0/invoke/b./method/m", None, None, None),
+            target("b", None, "/m", false)
+        );
         assert_eq!(
             route("/v1.0/invoke//method/x", None, None, None),
             ApiRoute::NoAppId
