@@ -102,17 +102,23 @@ pub(crate) async fn accept<S: Service>(
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let metrics = Arc::new(shared.metrics.listener(settings.name));
+    // Under attack both warnings below would repeat as fast as connections come and go.
+    let mut cap_warning = Throttle::default();
+    let mut accept_warning = Throttle::default();
     loop {
         let permit = match slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 // New connections wait in the kernel's backlog until one of ours closes.
                 metrics.cap_reached.inc();
-                tracing::warn!(
-                    listener = settings.name,
-                    max_connections = settings.max_connections,
-                    "at the connection cap; not accepting until a connection closes"
-                );
+                if let Some(suppressed) = cap_warning.allow() {
+                    tracing::warn!(
+                        listener = settings.name,
+                        max_connections = settings.max_connections,
+                        repeats_not_logged = suppressed,
+                        "at the connection cap; not accepting until a connection closes"
+                    );
+                }
                 tokio::select! {
                     permit = slots.clone().acquire_owned() => match permit {
                         Ok(permit) => permit,
@@ -127,7 +133,9 @@ pub(crate) async fn accept<S: Service>(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before it was accepted.
-                    tracing::warn!(listener = settings.name, error = %e, "accept failed");
+                    if let Some(suppressed) = accept_warning.allow() {
+                        tracing::warn!(listener = settings.name, error = %e, repeats_not_logged = suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
@@ -141,6 +149,29 @@ pub(crate) async fn accept<S: Service>(
             serve_connection(stream, service, settings, shared, permit).await;
             metrics.open.dec();
         });
+    }
+}
+
+/// Lets a repeated warning through at most once a second, counting what it held back.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(held back since the last one)` when this one may be logged.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now - last < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -347,4 +378,21 @@ async fn serve_h2<S: Service>(
     }
     connection.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_warning_passes_once_a_second_and_counts_the_rest() {
+        let mut throttle = Throttle::default();
+        assert_eq!(throttle.allow(), Some(0));
+        for _ in 0..50 {
+            assert_eq!(throttle.allow(), None);
+        }
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(throttle.allow(), Some(50));
+        assert_eq!(throttle.allow(), None);
+    }
 }
