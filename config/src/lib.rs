@@ -12,6 +12,7 @@ pub mod duration;
 mod error;
 mod loader;
 pub mod mesh;
+pub mod metadata;
 pub mod redact;
 mod route;
 mod snapshot;

@@ -1,11 +1,11 @@
 //! From a Dapr `Component` to a running store: the metadata each type reads, with errors that
 //! name the component and the field, and the key prefix every store shares.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use outrigger_config::dapr::{Component, ComponentType};
+
+pub(crate) use outrigger_config::metadata::ComponentMetadata as Metadata;
 
 use crate::{memory, postgres, redis, StateStore};
 
@@ -76,93 +76,6 @@ pub fn open(component: &Component, app_id: &str) -> Result<OpenedStore, String> 
         other => return Err(format!("{other} is not a state store")),
     };
     Ok(OpenedStore { store, key_prefix })
-}
-
-/// A component's `spec.metadata` with `envRef`s resolved.
-pub(crate) struct Metadata {
-    component: String,
-    values: BTreeMap<String, String>,
-}
-
-impl Metadata {
-    fn resolve(component: &Component) -> Result<Self, String> {
-        let mut values = BTreeMap::new();
-        for (i, item) in component.spec.metadata.iter().enumerate() {
-            let value = match (&item.value, &item.env_ref, &item.secret_key_ref) {
-                (Some(value), _, _) => value.clone(),
-                (None, Some(var), _) => std::env::var(var).map_err(|_| {
-                    format!(
-                        "component {:?}: spec.metadata[{i}] ({}): envRef {var:?} is not set in the sidecar's environment",
-                        component.name(),
-                        item.name
-                    )
-                })?,
-                (None, None, Some(secret)) => {
-                    return Err(format!(
-                        "component {:?}: spec.metadata[{i}] ({}): secretKeyRef {:?} needs a secret store, which Outrigger does not serve yet; use value or envRef",
-                        component.name(),
-                        item.name,
-                        secret.name
-                    ))
-                }
-                (None, None, None) => String::new(),
-            };
-            values.insert(item.name.clone(), value);
-        }
-        Ok(Metadata {
-            component: component.name().to_string(),
-            values,
-        })
-    }
-
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
-    }
-
-    pub(crate) fn required(&self, name: &str, example: &str) -> Result<&str, String> {
-        match self.get(name) {
-            Some(v) if !v.trim().is_empty() => Ok(v.trim()),
-            _ => Err(self.invalid(name, &format!("is required, e.g. {example}"))),
-        }
-    }
-
-    pub(crate) fn invalid(&self, name: &str, what: &str) -> String {
-        format!(
-            "component {:?}: spec.metadata {name}: {what}",
-            self.component
-        )
-    }
-
-    pub(crate) fn bool(&self, name: &str) -> Result<bool, String> {
-        match self.get(name).map(str::trim) {
-            None | Some("") => Ok(false),
-            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
-            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
-            Some(v) => Err(self.invalid(name, &format!("{v:?} is not true or false"))),
-        }
-    }
-
-    pub(crate) fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
-        match self.get(name).map(str::trim) {
-            None | Some("") => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| self.invalid(name, &format!("{v:?} is not a whole number"))),
-        }
-    }
-
-    /// A duration as Dapr writes them: `5s`, `500ms`, `1m`, or bare seconds.
-    pub(crate) fn duration(&self, name: &str, default: Duration) -> Result<Duration, String> {
-        match self.get(name).map(str::trim) {
-            None | Some("") => Ok(default),
-            Some(v) => {
-                if let Ok(seconds) = v.parse::<u64>() {
-                    return Ok(Duration::from_secs(seconds));
-                }
-                outrigger_config::duration::parse(v).map_err(|e| self.invalid(name, &e))
-            }
-        }
-    }
 }
 
 #[cfg(test)]
