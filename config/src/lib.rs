@@ -16,6 +16,7 @@ pub mod metadata;
 pub mod redact;
 mod route;
 mod snapshot;
+pub mod subscription;
 
 pub use error::LoadError;
 pub use loader::{load_dir, load_dir_unchecked, load_dir_with_sources, load_str, Sources};

@@ -8,6 +8,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -102,6 +103,8 @@ type Origins = BTreeMap<(&'static str, String), Origin>;
 struct Origin {
     file: PathBuf,
     line: usize,
+    /// The file's text, to find a field's line in.
+    text: Arc<str>,
 }
 
 #[derive(Default)]
@@ -129,9 +132,20 @@ fn check(snapshot: Snapshot, origins: Origins) -> Result<Snapshot, LoadError> {
             SnapshotError::EmptyCluster { cluster } => ("Cluster", cluster.clone()),
             SnapshotError::UnknownPolicy { resiliency, .. } => ("Resiliency", resiliency.clone()),
             SnapshotError::InvalidComponent { component, .. } => ("Component", component.clone()),
+            SnapshotError::InvalidSubscription { subscription, .. } => {
+                ("Subscription", subscription.clone())
+            }
         };
         match origins.get(&key) {
-            Some(origin) => LoadError::new(&origin.file, e.to_string()).at(origin.line, 1),
+            Some(origin) => {
+                let line = match &e {
+                    SnapshotError::InvalidSubscription { field, .. } => {
+                        line_of_field(&origin.text, origin.line, field).unwrap_or(origin.line)
+                    }
+                    _ => origin.line,
+                };
+                LoadError::new(&origin.file, e.to_string()).at(line, 1)
+            }
             None => LoadError::new("<snapshot>", e.to_string()),
         }
     })?;
@@ -147,6 +161,7 @@ struct TypeMeta {
 }
 
 fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadError> {
+    let shared_text: Arc<str> = Arc::from(text);
     let starts = document_start_lines(text);
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let start_line = starts.get(index).copied().unwrap_or(1);
@@ -195,6 +210,7 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
         let origin = Origin {
             file: file.to_path_buf(),
             line: start_line,
+            text: shared_text.clone(),
         };
         match *kind {
             "Component" => {
@@ -393,6 +409,29 @@ fn line_of_key(text: &str, from_line: usize, key: &str) -> Option<usize> {
             line.strip_prefix(key)
                 .is_some_and(|rest| rest.trim_start().starts_with(':'))
         })
+        .map(|(i, _)| i + 1)
+}
+
+/// The line of a field given by its path (`spec.routes.rules[1].match`) in the document that
+/// starts at `from_line`: the n-th occurrence of its last key, n from its last index.
+fn line_of_field(text: &str, from_line: usize, field: &str) -> Option<usize> {
+    let last = field.rsplit('.').next()?;
+    let key = last.split('[').next()?;
+    let nth = field
+        .rsplit_once('[')
+        .and_then(|(_, rest)| rest.split(']').next()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    text.lines()
+        .enumerate()
+        .skip(from_line.saturating_sub(1))
+        .take_while(|(i, line)| *i + 1 == from_line || !line.starts_with("---"))
+        .filter(|(_, line)| {
+            let line = line.trim_start();
+            let line = line.strip_prefix("- ").unwrap_or(line).trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .nth(nth)
         .map(|(i, _)| i + 1)
 }
 

@@ -68,12 +68,20 @@ pub enum SnapshotError {
     /// A component the sidecar cannot open (bad metadata); the text names component and field.
     #[error("{detail}")]
     InvalidComponent { component: String, detail: String },
-    #[error("resiliency {resiliency:?}: targets.apps.{app}.{field}: unknown policy {policy:?}")]
+    /// `target` is the path under `targets`: `apps.<id>` or `components.<name>.inbound`.
+    #[error("resiliency {resiliency:?}: targets.{target}.{field}: unknown policy {policy:?}")]
     UnknownPolicy {
         resiliency: String,
-        app: String,
+        target: String,
         field: &'static str,
         policy: String,
+    },
+    /// `field` is the path inside the resource (`spec.routes.rules[1].match`).
+    #[error("subscription {subscription:?}: {field}: {detail}")]
+    InvalidSubscription {
+        subscription: String,
+        field: String,
+        detail: String,
     },
 }
 
@@ -97,55 +105,66 @@ impl Snapshot {
         }
         for (name, res) in &self.policies.resiliency {
             let policies = &res.spec.policies;
-            for (app, refs) in &res.spec.targets.apps {
-                let checks = [
-                    (
-                        "timeout",
-                        refs.timeout.as_ref(),
-                        policies
-                            .timeouts
-                            .contains_key(refs.timeout.as_deref().unwrap_or_default()),
-                    ),
-                    (
-                        "retry",
-                        refs.retry.as_ref(),
-                        policies
-                            .retries
-                            .contains_key(refs.retry.as_deref().unwrap_or_default()),
-                    ),
-                    (
-                        "circuitBreaker",
-                        refs.circuit_breaker.as_ref(),
-                        policies
-                            .circuit_breakers
-                            .contains_key(refs.circuit_breaker.as_deref().unwrap_or_default()),
-                    ),
+            let targets = &res.spec.targets;
+            let apps = targets
+                .apps
+                .iter()
+                .map(|(app, refs)| (format!("apps.{app}"), refs));
+            let components = targets.components.iter().flat_map(|(component, sides)| {
+                [("outbound", &sides.outbound), ("inbound", &sides.inbound)]
+                    .into_iter()
+                    .filter_map(move |(side, refs)| {
+                        refs.as_ref()
+                            .map(|refs| (format!("components.{component}.{side}"), refs))
+                    })
+            });
+            for (target, refs) in apps.chain(components) {
+                let checks: [(_, _, &dyn Fn(&String) -> bool); 3] = [
+                    ("timeout", &refs.timeout, &|p| {
+                        policies.timeouts.contains_key(p)
+                    }),
+                    ("retry", &refs.retry, &|p| policies.retries.contains_key(p)),
+                    ("circuitBreaker", &refs.circuit_breaker, &|p| {
+                        policies.circuit_breakers.contains_key(p)
+                    }),
                 ];
                 for (field, policy, known) in checks {
-                    if let (Some(policy), false) = (policy, known) {
-                        return Err(SnapshotError::UnknownPolicy {
-                            resiliency: name.clone(),
-                            app: app.clone(),
-                            field,
-                            policy: policy.clone(),
-                        });
+                    if let Some(policy) = policy {
+                        if !known(policy) {
+                            return Err(SnapshotError::UnknownPolicy {
+                                resiliency: name.clone(),
+                                target: target.clone(),
+                                field,
+                                policy: policy.clone(),
+                            });
+                        }
                     }
                 }
             }
+        }
+        for subscription in &self.subscriptions {
+            crate::subscription::check(subscription).map_err(|(field, detail)| {
+                SnapshotError::InvalidSubscription {
+                    subscription: subscription.metadata.name.clone(),
+                    field,
+                    detail,
+                }
+            })?;
         }
         Ok(())
     }
 
     /// What a sidecar runs with when it is given no resources: a `state.in-memory` store named
-    /// `statestore`, like the one `dapr init` sets up, so state calls work with nothing else.
+    /// `statestore` and a `pubsub.in-memory` broker named `pubsub`, like the ones `dapr init`
+    /// sets up, so state and pub/sub calls work with nothing else.
     pub fn embedded_defaults() -> Self {
-        let statestore = Component {
+        let component = |name: &str, component_type| Component {
             metadata: crate::dapr::ObjectMeta {
-                name: "statestore".to_string(),
+                name: name.to_string(),
                 ..Default::default()
             },
             spec: crate::dapr::ComponentSpec {
-                component_type: crate::dapr::ComponentType::StateInMemory,
+                component_type,
                 version: "v1".to_string(),
                 metadata: Vec::new(),
                 ignore_errors: false,
@@ -154,9 +173,16 @@ impl Snapshot {
             scopes: Vec::new(),
             auth: None,
         };
+        let components = [
+            component("statestore", crate::dapr::ComponentType::StateInMemory),
+            component("pubsub", crate::dapr::ComponentType::PubsubInMemory),
+        ];
         Snapshot {
             version: "embedded".to_string(),
-            components: BTreeMap::from([(statestore.name().to_string(), statestore)]),
+            components: components
+                .into_iter()
+                .map(|c| (c.name().to_string(), c))
+                .collect(),
             ..Snapshot::default()
         }
     }

@@ -173,6 +173,70 @@ spec:
 }
 
 #[test]
+fn an_invalid_cel_rule_names_file_line_and_field() {
+    let text = "\
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: other
+spec:
+  type: pubsub.in-memory
+  version: v1
+---
+apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata:
+  name: orders
+spec:
+  pubsubname: pubsub
+  topic: orders
+  routes:
+    rules:
+    - match: event.type == \"big\"
+      path: /big
+    - match: event.type ==
+      path: /broken
+    default: /orders
+";
+    let err = load_str("subs/orders.yaml", text).unwrap_err();
+    assert_eq!(err.file, PathBuf::from("subs/orders.yaml"));
+    assert_eq!(err.line, Some(20), "{err}");
+    assert!(
+        err.message.starts_with(
+            "subscription \"orders\": spec.routes.rules[1].match: invalid CEL expression \"event.type ==\""
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_component_target_naming_an_unknown_policy_is_refused() {
+    let text = "\
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: res
+spec:
+  policies:
+    retries:
+      fast:
+        policy: constant
+        duration: 10ms
+        maxRetries: 3
+  targets:
+    components:
+      pubsub:
+        inbound:
+          retry: slow
+";
+    let err = load_str("res.yaml", text).unwrap_err();
+    assert_eq!(
+        err.message,
+        "resiliency \"res\": targets.components.pubsub.inbound.retry: unknown policy \"slow\""
+    );
+}
+
+#[test]
 fn resiliency_policies_and_targets_load_with_durations() {
     let text = "\
 apiVersion: dapr.io/v1alpha1
