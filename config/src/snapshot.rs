@@ -119,18 +119,22 @@ impl Snapshot {
                     })
             });
             for (target, refs) in apps.chain(components) {
-                let checks: [(_, _, &dyn Fn(&String) -> bool); 3] = [
-                    ("timeout", &refs.timeout, &|p| {
-                        policies.timeouts.contains_key(p)
-                    }),
-                    ("retry", &refs.retry, &|p| policies.retries.contains_key(p)),
-                    ("circuitBreaker", &refs.circuit_breaker, &|p| {
-                        policies.circuit_breakers.contains_key(p)
-                    }),
+                let checks = [
+                    (
+                        "timeout",
+                        &refs.timeout,
+                        policies.timeouts.keys().collect::<Vec<_>>(),
+                    ),
+                    ("retry", &refs.retry, policies.retries.keys().collect()),
+                    (
+                        "circuitBreaker",
+                        &refs.circuit_breaker,
+                        policies.circuit_breakers.keys().collect(),
+                    ),
                 ];
                 for (field, policy, known) in checks {
                     if let Some(policy) = policy {
-                        if !known(policy) {
+                        if !known.contains(&policy) {
                             return Err(SnapshotError::UnknownPolicy {
                                 resiliency: name.clone(),
                                 target: target.clone(),

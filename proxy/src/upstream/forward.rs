@@ -497,23 +497,32 @@ async fn write_h2_response(
 
 // === from an HTTP/2 client ===
 
-/// Forwards an HTTP/2 request to `target`; the response streams back as hyper's body.
-pub(crate) async fn from_h2(
-    request: Request<Incoming>,
+/// Forwards a request given as hyper's types (an HTTP/2 client's, or one the sidecar makes
+/// itself, such as a pub/sub delivery) to `target`; the response streams back as hyper's body.
+pub(crate) async fn from_h2<B>(
+    request: Request<B>,
     target: &Target<'_>,
     edits: &HeaderEdits<'_>,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     match target.protocol {
         Protocol::H2c => h2_to_h2(request, target, edits).await,
         Protocol::Http1 => h2_to_h1(request, target, edits).await,
     }
 }
 
-async fn h2_to_h2(
-    request: Request<Incoming>,
+async fn h2_to_h2<B>(
+    request: Request<B>,
     target: &Target<'_>,
     edits: &HeaderEdits<'_>,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let (endpoint, mut sender) = h2_sender(target).await?;
     let started = Instant::now();
     let _in_flight = endpoint.begin();
@@ -534,7 +543,7 @@ async fn h2_to_h2(
         }
     }
     add_edits(&mut parts.headers, edits);
-    let request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+    let request = Request::from_parts(parts, body.map_err(Into::into).boxed());
     let send = sender.send_request(request);
     let result = match target.head_timeout {
         Some(limit) => tokio::time::timeout(limit, send)
@@ -551,11 +560,15 @@ async fn h2_to_h2(
     result.map(|response| response.map(|b| b.map_err(BoxError::from).boxed()))
 }
 
-async fn h2_to_h1(
-    request: Request<Incoming>,
+async fn h2_to_h1<B>(
+    request: Request<B>,
     target: &Target<'_>,
     edits: &HeaderEdits<'_>,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let (parts, mut body) = request.into_parts();
     let framing = if http_body::Body::is_end_stream(&body) {
         if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
@@ -612,7 +625,7 @@ async fn h2_to_h1(
             }
             let copy = async {
                 while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| std::io::Error::other(e.to_string()))?;
+                    let frame = frame.map_err(|e| std::io::Error::other(e.into().to_string()))?;
                     if let Ok(data) = frame.into_data() {
                         if !data.is_empty() {
                             wbuf.clear();

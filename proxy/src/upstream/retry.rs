@@ -1,0 +1,216 @@
+//! Retry schedules: how long to wait before each retry, and when to give up — Dapr's
+//! `Resiliency` `retries` policies, parsed once per configuration, and the bounded default
+//! pub/sub deliveries use when no policy targets the component.
+//!
+//! - `constant`: every wait is `duration` (Dapr's default 5s);
+//! - `exponential`: the first wait is `duration` (default 500ms, as Dapr's), each next one
+//!   twice the last, capped at `maxInterval` (default 60s). No jitter: the schedule a user
+//!   reads in the policy is the one that runs, and its total is known in advance;
+//! - `maxRetries`: retries after the first attempt; `-1` retries forever.
+//!
+//! `matching.httpStatusCodes` (`"429,500-599"`) limits which statuses are retried; a transport
+//! error is always retried.
+
+use std::time::Duration;
+
+use outrigger_config::dapr::{RetryBackoff, RetryPolicy};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RetrySchedule {
+    backoff: Backoff,
+    /// `None`: forever.
+    max_retries: Option<u32>,
+    /// Status ranges retried; `None`: every failure.
+    statuses: Option<Vec<(u16, u16)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backoff {
+    Constant(Duration),
+    Exponential { first: Duration, cap: Duration },
+}
+
+/// Waits beyond this are capped, whatever a policy says: a retry a day apart is a lost message.
+const LONGEST_WAIT: Duration = Duration::from_secs(3600);
+
+impl RetrySchedule {
+    /// The schedule pub/sub deliveries follow when no `Resiliency` policy targets the
+    /// component's inbound side: exponential from 1s, capped at 60s, 10 retries (11 attempts,
+    /// 5 min 3 s of waiting in all).
+    pub(crate) fn pubsub_default() -> RetrySchedule {
+        RetrySchedule {
+            backoff: Backoff::Exponential {
+                first: Duration::from_secs(1),
+                cap: Duration::from_secs(60),
+            },
+            max_retries: Some(10),
+            statuses: None,
+        }
+    }
+
+    /// A Dapr `retries` policy; the error names the field that is wrong.
+    pub(crate) fn from_policy(policy: &RetryPolicy) -> Result<RetrySchedule, String> {
+        let backoff = match policy.policy {
+            RetryBackoff::Constant => {
+                Backoff::Constant(policy.duration.unwrap_or(Duration::from_secs(5)))
+            }
+            RetryBackoff::Exponential => Backoff::Exponential {
+                first: policy
+                    .duration
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::from_millis(500)),
+                cap: policy.max_interval.unwrap_or(Duration::from_secs(60)),
+            },
+        };
+        let max_retries = match policy.max_retries {
+            -1 => None,
+            n if n >= 0 => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+            n => {
+                return Err(format!(
+                    "maxRetries: {n}; expected -1 (forever) or a count from 0"
+                ))
+            }
+        };
+        let statuses = policy
+            .matching
+            .as_ref()
+            .and_then(|m| m.http_status_codes.as_deref())
+            .map(parse_statuses)
+            .transpose()?;
+        Ok(RetrySchedule {
+            backoff,
+            max_retries,
+            statuses,
+        })
+    }
+
+    /// The wait before retry `n` (1 for the first retry), or `None` when retries ran out.
+    pub(crate) fn delay(&self, n: u32) -> Option<Duration> {
+        if n == 0 || self.max_retries.is_some_and(|max| n > max) {
+            return None;
+        }
+        let wait = match self.backoff {
+            Backoff::Constant(d) => d,
+            Backoff::Exponential { first, cap } => {
+                let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
+                first.checked_mul(factor).unwrap_or(cap).min(cap)
+            }
+        };
+        Some(wait.min(LONGEST_WAIT))
+    }
+
+    /// The waiting a message can go through before retries run out; `None` if they never do.
+    pub(crate) fn budget(&self) -> Option<Duration> {
+        let max = self.max_retries?;
+        Some((1..=max).filter_map(|n| self.delay(n)).sum())
+    }
+
+    /// Whether a failure with this status (`None`: no response) is retried at all.
+    pub(crate) fn retries_status(&self, status: Option<u16>) -> bool {
+        match (status, &self.statuses) {
+            (None, _) | (_, None) => true,
+            (Some(status), Some(ranges)) => ranges
+                .iter()
+                .any(|(low, high)| (*low..=*high).contains(&status)),
+        }
+    }
+}
+
+/// `"429,500-599"` into ranges; each code between 100 and 599.
+fn parse_statuses(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let bad = |part: &str| {
+        format!(
+            "matching.httpStatusCodes: {part:?} is not a status code (100-599) or a range such as 500-599"
+        )
+    };
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let (low, high) = part.split_once('-').unwrap_or((part, part));
+            let parse = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+            };
+            match (parse(low), parse(high)) {
+                (Some(low), Some(high)) if low <= high => Ok((low, high)),
+                _ => Err(bad(part)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrigger_config::dapr::RetryMatching;
+
+    fn policy(
+        kind: RetryBackoff,
+        duration: Option<u64>,
+        max: Option<u64>,
+        retries: i64,
+    ) -> RetryPolicy {
+        RetryPolicy {
+            policy: kind,
+            duration: duration.map(Duration::from_millis),
+            max_interval: max.map(Duration::from_millis),
+            max_retries: retries,
+            matching: None,
+        }
+    }
+
+    #[test]
+    fn the_default_doubles_from_one_second_to_a_minute_ten_times() {
+        let schedule = RetrySchedule::pubsub_default();
+        let waits: Vec<u64> = (1..=11)
+            .map_while(|n| schedule.delay(n))
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        assert_eq!(schedule.budget(), Some(Duration::from_secs(303)));
+    }
+
+    #[test]
+    fn constant_and_exponential_policies_follow_their_fields() {
+        let constant =
+            RetrySchedule::from_policy(&policy(RetryBackoff::Constant, Some(200), None, 3))
+                .unwrap();
+        assert_eq!(constant.delay(1), Some(Duration::from_millis(200)));
+        assert_eq!(constant.delay(3), Some(Duration::from_millis(200)));
+        assert_eq!(constant.delay(4), None);
+        assert_eq!(constant.budget(), Some(Duration::from_millis(600)));
+        let forever =
+            RetrySchedule::from_policy(&policy(RetryBackoff::Exponential, None, Some(2000), -1))
+                .unwrap();
+        assert_eq!(forever.delay(1), Some(Duration::from_millis(500)));
+        assert_eq!(forever.delay(3), Some(Duration::from_millis(2000)));
+        assert_eq!(forever.delay(1000), Some(Duration::from_millis(2000)));
+        assert_eq!(forever.budget(), None);
+        assert!(
+            RetrySchedule::from_policy(&policy(RetryBackoff::Constant, None, None, -2)).is_err()
+        );
+    }
+
+    #[test]
+    fn matching_limits_the_statuses_retried_but_never_transport_errors() {
+        let mut p = policy(RetryBackoff::Constant, Some(1), None, 1);
+        p.matching = Some(RetryMatching {
+            http_status_codes: Some("429, 500-503".into()),
+            grpc_status_codes: None,
+        });
+        let schedule = RetrySchedule::from_policy(&p).unwrap();
+        assert!(schedule.retries_status(Some(429)));
+        assert!(schedule.retries_status(Some(502)));
+        assert!(!schedule.retries_status(Some(504)));
+        assert!(schedule.retries_status(None));
+        p.matching = Some(RetryMatching {
+            http_status_codes: Some("500-99x".into()),
+            grpc_status_codes: None,
+        });
+        let error = RetrySchedule::from_policy(&p).unwrap_err();
+        assert!(error.contains("\"500-99x\""), "{error}");
+    }
+}
