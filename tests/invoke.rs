@@ -316,10 +316,13 @@ async fn health_and_metadata_apis() {
     assert_eq!(metadata["id"], "b");
     assert_eq!(metadata["appConnectionProperties"]["port"], mesh.app_b.port);
     assert_eq!(metadata["appConnectionProperties"]["protocol"], "http");
-    // With no resources directory, the embedded default state store.
+    // With no resources directory, the embedded default state store and pub/sub broker.
     assert_eq!(
         metadata["components"],
-        serde_json::json!([{ "name": "statestore", "type": "state.in-memory", "version": "v1", "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"] }])
+        serde_json::json!([
+            { "name": "pubsub", "type": "pubsub.in-memory", "version": "v1", "capabilities": [] },
+            { "name": "statestore", "type": "state.in-memory", "version": "v1", "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"] }
+        ])
     );
 
     let put = http

@@ -254,6 +254,8 @@ spec:
   - {name: brokers, value: '127.0.0.1:9092'}
   - name: saslPassword
     secretKeyRef: {name: kafka-secrets, key: sasl}
+# Served to another app: in the snapshot (and the dump), not opened by this sidecar.
+scopes: [billing]
 ";
 
 const SECRETS: [&str; 2] = ["hunter2-inline-secret", "pg-inline-secret"];

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use outrigger_config::{Snapshot, SnapshotError};
 
-use crate::components::{open_state_stores, StateComponent};
+use crate::components::{open_pubsubs, open_state_stores, PubSubEntry, StateComponent};
 use crate::metrics::{AppMetrics, Direction, Metrics};
 use crate::routing::{CompiledRoute, CompiledRule};
 use crate::upstream::{EndpointSet, Endpoints};
@@ -27,6 +27,8 @@ pub(crate) struct ActiveConfig {
     pub(crate) routes: HashMap<String, CompiledRoute>,
     /// The state stores this app may use, by component name.
     pub(crate) state_stores: HashMap<String, Arc<StateComponent>>,
+    /// The pub/sub brokers this app may use, by component name.
+    pub(crate) pubsubs: HashMap<String, Arc<PubSubEntry>>,
 }
 
 /// Where one invocation goes: the endpoints, the route rule that chose them (for its timeout
@@ -52,6 +54,7 @@ impl ActiveConfig {
     ) -> Result<ActiveConfig, SnapshotError> {
         let state_stores =
             open_state_stores(&snapshot, context.app_id, previous.map(|p| &p.state_stores))?;
+        let pubsubs = open_pubsubs(&snapshot, context.app_id, previous.map(|p| &p.pubsubs))?;
         let clusters: HashMap<String, Arc<AppTarget>> = snapshot
             .clusters
             .values()
@@ -89,6 +92,7 @@ impl ActiveConfig {
             clusters,
             routes,
             state_stores,
+            pubsubs,
         })
     }
 

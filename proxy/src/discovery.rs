@@ -117,6 +117,18 @@ impl LocalRegistry {
         }
     }
 
+    /// Every app in the registry but `app_id` (in any namespace), one target each: where the
+    /// in-memory pub/sub hands a message to the other apps on this host.
+    pub(crate) fn apps_except(&self, app_id: &str, namespace: Option<&str>) -> Vec<Arc<AppTarget>> {
+        let own = app_key(app_id, namespace);
+        self.view
+            .load()
+            .iter()
+            .filter(|(key, _)| **key != own && key.as_str() != app_id)
+            .map(|(_, target)| target.clone())
+            .collect()
+    }
+
     /// Looks up, refreshing the view first if the app id is unknown.
     pub(crate) async fn lookup_or_refresh(
         self: &Arc<Self>,

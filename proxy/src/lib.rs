@@ -29,6 +29,7 @@ mod options;
 mod routing;
 mod serve;
 mod shared;
+mod subscriptions;
 mod upstream;
 
 pub use discovery::{default_registry_dir, RegistryEntry};

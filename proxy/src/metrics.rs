@@ -35,6 +35,128 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: IntGauge,
     connections: IntGaugeVec,
     cap_reached: IntCounterVec,
+    pub(crate) pubsub: PubSubMetrics,
+}
+
+/// Pub/sub, by component and topic: what was published, and what became of each delivery.
+pub(crate) struct PubSubMetrics {
+    published: IntCounterVec,
+    publish_failures: IntCounterVec,
+    /// `outcome`: `delivered` (the app's SUCCESS), `retried` (an attempt that will be
+    /// retried), `dropped` (DROP or 404 with no dead-letter topic: acked), `dead_lettered`,
+    /// `parked` (retries exhausted, no dead-letter topic: left unacknowledged), `released`
+    /// (given back unacknowledged at shutdown or a subscription change).
+    deliveries: IntCounterVec,
+    in_flight: IntGaugeVec,
+    latency: HistogramVec,
+    /// Topic label values seen, bounded: publishes can name any topic.
+    topics: parking_lot::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Distinct topic label values kept; further topics are counted under `_other`.
+const MAX_TOPIC_LABELS: usize = 1000;
+
+impl PubSubMetrics {
+    fn new(registry: &Registry) -> PubSubMetrics {
+        let labels = &["component", "topic"];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        let published = counter(
+            "outrigger_pubsub_published_total",
+            "Messages the broker accepted from this app's publishes",
+            labels,
+        );
+        let publish_failures = counter(
+            "outrigger_pubsub_publish_failures_total",
+            "Publishes the broker failed or refused",
+            labels,
+        );
+        let deliveries = counter(
+            "outrigger_pubsub_deliveries_total",
+            "Delivery outcomes: delivered, retried, dropped, dead_lettered, parked, released",
+            &["component", "topic", "outcome"],
+        );
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "outrigger_pubsub_in_flight",
+                "Messages handed to the app (or waiting to be retried) and not yet settled",
+            ),
+            labels,
+        )
+        .expect("static metric definition is valid");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "outrigger_pubsub_delivery_duration_seconds",
+                "Time from a delivery attempt's start to the app's answer",
+            )
+            .buckets(vec![
+                0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.5, 5.0, 10.0, 30.0,
+            ]),
+            labels,
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("metric names are unique");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("metric names are unique");
+        PubSubMetrics {
+            published,
+            publish_failures,
+            deliveries,
+            in_flight,
+            latency,
+            topics: Default::default(),
+        }
+    }
+
+    fn topic<'a>(&self, topic: &'a str) -> &'a str {
+        let mut topics = self.topics.lock();
+        if topics.contains(topic) {
+            return topic;
+        }
+        if topics.len() < MAX_TOPIC_LABELS {
+            topics.insert(topic.to_string());
+            return topic;
+        }
+        "_other"
+    }
+
+    pub(crate) fn published(&self, component: &str, topic: &str, ok: bool) {
+        let topic = self.topic(topic);
+        let vec = if ok {
+            &self.published
+        } else {
+            &self.publish_failures
+        };
+        vec.with_label_values(&[component, topic]).inc();
+    }
+
+    pub(crate) fn outcome(&self, component: &str, topic: &str, outcome: &str) {
+        let topic = self.topic(topic);
+        self.deliveries
+            .with_label_values(&[component, topic, outcome])
+            .inc();
+    }
+
+    pub(crate) fn in_flight(&self, component: &str, topic: &str) -> IntGauge {
+        self.in_flight
+            .with_label_values(&[component, self.topic(topic)])
+    }
+
+    pub(crate) fn attempt(&self, component: &str, topic: &str, elapsed: Duration) {
+        self.latency
+            .with_label_values(&[component, self.topic(topic)])
+            .observe(elapsed.as_secs_f64());
+    }
 }
 
 /// The handles of one (direction, app id), one pair per status class, each registered on
@@ -128,7 +250,9 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
+        let pubsub = PubSubMetrics::new(&registry);
         Metrics {
+            pubsub,
             registry,
             requests,
             latency,

@@ -220,6 +220,7 @@ pub async fn run(
     }
 
     shared.set_ready(true);
+    let subscriptions = tokio::spawn(crate::subscriptions::supervise(shared.clone()));
     tracing::info!(
         app_id = %shared.options.app_id,
         dapr_http = %addrs.dapr_http,
@@ -239,7 +240,13 @@ pub async fn run(
         registry.deregister();
     }
     let _ = stop_tx.send(true);
-    let left = shared.drain.wait_idle(shared.options.drain_timeout).await;
+    // Subscriptions stop pulling at once and settle or release what they hold, while the
+    // requests in flight drain.
+    subscriptions.abort();
+    let (left, ()) = tokio::join!(
+        shared.drain.wait_idle(shared.options.drain_timeout),
+        shared.subscriptions.stop_all(shared.options.drain_timeout)
+    );
     if left == 0 {
         tracing::info!("drained");
     } else {

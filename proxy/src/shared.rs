@@ -42,7 +42,6 @@ impl ConfigCell {
     }
 
     /// A receiver that sees every later swap.
-    #[allow(dead_code)] // the reconcilers of later building blocks subscribe here
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.swaps.subscribe()
     }
@@ -80,6 +79,8 @@ pub struct Shared {
     pub(crate) extended_metadata: parking_lot::Mutex<BTreeMap<String, String>>,
     /// Filled in once the listeners are bound.
     pub(crate) addresses: parking_lot::Mutex<Option<ListenerAddrs>>,
+    /// The pub/sub subscriptions and their delivery workers.
+    pub(crate) subscriptions: crate::subscriptions::Subscriptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             extended_metadata: parking_lot::Mutex::new(BTreeMap::new()),
             addresses: parking_lot::Mutex::new(None),
+            subscriptions: Default::default(),
         }))
     }
 

@@ -3,7 +3,6 @@
 //! sidecar's delivery needs (how many messages in flight, how long a broker lets a message sit
 //! unacked before another consumer takes it).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +32,10 @@ pub struct PubSubSettings {
     pub concurrency: usize,
     /// The consumer group a subscription joins: `consumerID` / `consumerGroup`, or the app id.
     pub consumer_group: String,
-    /// Redis Streams: how long an unacked message may sit before another consumer of the group
-    /// takes it over (`None`: the broker never hands a message to another consumer while this
-    /// one lives). A subscription's retries must fit inside it.
-    pub reclaim_after: Option<Duration>,
+    /// Redis Streams: `processingTimeout` when the component gives it (and reclaiming is on):
+    /// how long an unacked message may sit before another consumer of the group takes it
+    /// over. A subscription's retries must fit inside it.
+    pub processing_timeout: Option<Duration>,
     /// `allowedTopics`: when given, the only topics published or subscribed to.
     allowed_topics: Option<Vec<String>>,
     /// `publishingScopes` / `subscriptionScopes` for this app: when this app is listed, the
@@ -103,7 +102,7 @@ pub fn open(component: &Component, app_id: &str) -> Result<OpenedPubSub, String>
     let mut settings = PubSubSettings {
         concurrency,
         consumer_group: app_id.to_string(),
-        reclaim_after: None,
+        processing_timeout: None,
         allowed_topics: list("allowedTopics"),
         publishing_scope: metadata
             .get("publishingScopes")
@@ -123,8 +122,9 @@ pub fn open(component: &Component, app_id: &str) -> Result<OpenedPubSub, String>
             if let Some(group) = &redis.consumer_id {
                 settings.consumer_group = group.clone();
             }
-            settings.reclaim_after =
-                (!redis.redeliver_interval.is_zero()).then_some(redis.processing_timeout);
+            settings.processing_timeout = redis
+                .processing_timeout
+                .filter(|_| !redis.redeliver_interval.is_zero());
             Arc::new(redis::RedisBroker::new(redis))
         }
         ComponentType::PubsubKafka => {
@@ -146,15 +146,6 @@ pub fn open(component: &Component, app_id: &str) -> Result<OpenedPubSub, String>
     Ok(OpenedPubSub { broker, settings })
 }
 
-/// Metadata a publish request may carry that the broker reads (the rest is dropped).
-pub fn broker_metadata(request: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    request
-        .iter()
-        .filter(|(k, _)| k.as_str() == "partitionKey")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,7 +161,7 @@ mod tests {
         let settings = PubSubSettings {
             concurrency: 1,
             consumer_group: "a".into(),
-            reclaim_after: None,
+            processing_timeout: None,
             allowed_topics: Some(vec!["orders".into(), "refunds".into()]),
             publishing_scope: Some(vec!["orders".into()]),
             subscription_scope: None,

@@ -175,7 +175,13 @@ impl PubSub for KafkaBroker {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", self.settings.initial_offset)
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "3000");
+            .set("heartbeat.interval.ms", "3000")
+            // The consumer is not polled while its in-flight limit is reached, and a message
+            // may be held for its whole retry budget: the group must not take that for death.
+            .set(
+                "max.poll.interval.ms",
+                max_poll_interval(options.hold_limit),
+            );
         let consumer: StreamConsumer<Context> = config
             .create_with_context(context)
             .map_err(|e| self.fail(e))?;
@@ -211,6 +217,16 @@ impl PubSub for KafkaBroker {
             brokers: self.settings.brokers.clone(),
         }))
     }
+}
+
+/// `max.poll.interval.ms` for a subscription holding a message up to `hold` (librdkafka's
+/// range is 1 ms to 24 h; its default is 5 min).
+fn max_poll_interval(hold: Option<Duration>) -> String {
+    let day = Duration::from_secs(86_400);
+    let interval = hold.map_or(day, |hold| {
+        (hold + Duration::from_secs(60)).clamp(Duration::from_secs(300), day)
+    });
+    interval.as_millis().to_string()
 }
 
 /// The partitions of `topic` (the metadata call blocks, so it runs off the runtime).

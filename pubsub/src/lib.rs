@@ -81,6 +81,11 @@ pub struct ConsumeOptions {
     /// Messages handed out and not yet acked or parked, at most. `next` waits beyond it: a
     /// slow app slows the pull from the broker instead of filling memory.
     pub max_in_flight: usize,
+    /// The longest this subscription may hold one message before its verdict (its retry
+    /// budget and a margin); `None`: no bound (retries forever). Brokers size their own
+    /// "consumer presumed dead" timers from it: Redis' reclaim idle time when
+    /// `processingTimeout` is not given, Kafka's `max.poll.interval.ms`.
+    pub hold_limit: Option<std::time::Duration>,
 }
 
 #[async_trait]

@@ -178,6 +178,7 @@ mod tests {
         ConsumeOptions {
             group: group.into(),
             max_in_flight: max,
+            hold_limit: None,
         }
     }
 

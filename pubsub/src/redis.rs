@@ -37,8 +37,9 @@ pub(crate) struct Settings {
     read_timeout: Duration,
     /// The consumer group and consumer name (Dapr's `consumerID`); `None`: the app id.
     pub(crate) consumer_id: Option<String>,
-    /// An entry pending this long in another consumer is taken over.
-    pub(crate) processing_timeout: Duration,
+    /// An entry pending this long in another consumer is taken over; when not given, 60s or
+    /// the subscription's hold limit and 10s, whichever is longer.
+    pub(crate) processing_timeout: Option<Duration>,
     /// How often pending entries are checked; zero turns reclaiming off.
     pub(crate) redeliver_interval: Duration,
     /// Entries read per `XREADGROUP`.
@@ -85,11 +86,11 @@ impl Settings {
             dial_timeout: metadata.duration("dialTimeout", Duration::from_secs(5))?,
             read_timeout: metadata.duration("readTimeout", Duration::from_secs(3))?,
             consumer_id: non_empty("consumerID"),
-            processing_timeout: metadata.duration_with_bare(
-                "processingTimeout",
-                Duration::from_secs(60),
-                ms,
-            )?,
+            processing_timeout: metadata
+                .get("processingTimeout")
+                .map(|_| metadata.duration_with_bare("processingTimeout", Duration::ZERO, ms))
+                .transpose()?
+                .filter(|d| !d.is_zero()),
             redeliver_interval: metadata.duration_with_bare(
                 "redeliverInterval",
                 Duration::from_secs(15),
@@ -221,11 +222,19 @@ impl PubSub for RedisBroker {
             self.settings.queue_depth,
         ))];
         if !self.settings.redeliver_interval.is_zero() {
+            let idle = self.settings.processing_timeout.unwrap_or_else(|| {
+                options
+                    .hold_limit
+                    .map_or(Duration::from_secs(3600), |hold| {
+                        (hold + Duration::from_secs(10)).max(Duration::from_secs(60))
+                    })
+            });
             tasks.push(tokio::spawn(reclaim_loop(
                 broker,
                 shared.clone(),
                 tx,
                 self.settings.clone(),
+                idle,
             )));
         }
         Ok(Arc::new(RedisConsumer {
@@ -312,8 +321,9 @@ async fn reclaim_loop(
     shared: Arc<Shared>,
     tx: mpsc::Sender<Message>,
     settings: Settings,
+    idle: Duration,
 ) {
-    let idle_ms = settings.processing_timeout.as_millis().to_string();
+    let idle_ms = idle.as_millis().to_string();
     loop {
         tokio::time::sleep(settings.redeliver_interval).await;
         let mut pending = redis::cmd("XPENDING");

@@ -2,6 +2,9 @@
 //! `200 ok`: to check exactly what a sidecar writes on the wire (framing, terminators, what
 //! follows a body). Its parser is deliberately naive — it knows the tests' requests — so that
 //! it cannot be lenient in the ways a real server would be.
+//!
+//! The sidecar's own `GET /dapr/subscribe` at start-up (asking for subscriptions) is answered
+//! 404 and left out of the record: the tests look at what the sidecar forwards.
 
 use std::sync::{Arc, Mutex};
 
@@ -55,7 +58,16 @@ impl RecordingApp {
                         recorded.lock().unwrap()[index].extend_from_slice(&buf[..n]);
                         pending.extend_from_slice(&buf[..n]);
                         while let Some(len) = complete_request(&pending) {
+                            let subscribe = pending.starts_with(b"GET /dapr/subscribe ");
                             pending.drain(..len);
+                            if subscribe {
+                                recorded.lock().unwrap()[index].drain(..len);
+                                let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                                if stream.write_all(answer).await.is_err() || close_after_each {
+                                    return;
+                                }
+                                continue;
+                            }
                             let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                             if stream.write_all(answer).await.is_err() || close_after_each {
                                 return;
@@ -72,9 +84,11 @@ impl RecordingApp {
         }
     }
 
-    /// Everything received so far, on every connection.
+    /// Everything received so far, on every connection (but a connection that only carried
+    /// the sidecar's subscription request).
     pub fn received(&self) -> Vec<Vec<u8>> {
-        self.connections.lock().unwrap().clone()
+        let all = self.connections.lock().unwrap();
+        all.iter().filter(|c| !c.is_empty()).cloned().collect()
     }
 }
 

@@ -41,7 +41,9 @@ struct SubscriptionInfo {
     dead_letter_topic: String,
     rules: Rules,
     #[serde(rename = "type")]
-    kind: &'static str,
+    kind: crate::subscriptions::Kind,
+    /// Outrigger's addition: where the subscription stands, what it holds, what it parked.
+    status: crate::subscriptions::Status,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,26 +86,35 @@ pub(crate) fn metadata(shared: &Shared) -> Metadata {
             },
         })
         .collect();
-    let subscriptions = snapshot
+    let subscriptions = shared
         .subscriptions
-        .iter()
-        .map(|s| SubscriptionInfo {
-            pubsubname: s.spec.pubsubname.clone(),
-            topic: s.spec.topic.clone(),
-            dead_letter_topic: s.spec.dead_letter_topic.clone().unwrap_or_default(),
-            rules: Rules {
-                rules: s
-                    .spec
-                    .routes
-                    .rules
-                    .iter()
-                    .map(|r| Rule {
-                        match_expr: r.match_expr.clone(),
-                        path: r.path.clone(),
-                    })
-                    .collect(),
-            },
-            kind: "DECLARATIVE",
+        .list()
+        .into_iter()
+        .map(|listed| {
+            let spec = listed.spec;
+            let mut rules: Vec<Rule> = spec
+                .routes
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    match_expr: r.match_expr.clone(),
+                    path: r.path.clone(),
+                })
+                .collect();
+            if let Some(default) = &spec.routes.default {
+                rules.push(Rule {
+                    match_expr: String::new(),
+                    path: default.clone(),
+                });
+            }
+            SubscriptionInfo {
+                pubsubname: spec.pubsubname,
+                topic: spec.topic,
+                dead_letter_topic: spec.dead_letter_topic.unwrap_or_default(),
+                rules: Rules { rules },
+                kind: listed.kind,
+                status: listed.status,
+            }
         })
         .collect();
     Metadata {

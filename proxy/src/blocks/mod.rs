@@ -4,6 +4,7 @@
 
 pub(crate) mod invoke;
 pub(crate) mod metadata;
+pub(crate) mod pubsub;
 pub(crate) mod state;
 
 pub(crate) const ERR_DIRECT_INVOKE: &str = "ERR_DIRECT_INVOKE";

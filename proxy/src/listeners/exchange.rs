@@ -39,6 +39,9 @@ pub(crate) trait Downstream: Send {
     /// Whether the response has started (a failure can then only be signalled by closing).
     fn responded(&self) -> bool;
 
+    /// Whether the client connected from a loopback address (this host).
+    fn is_loopback_peer(&self) -> bool;
+
     /// Ends the connection after this request (its answer broke off, or its framing is in
     /// doubt), so that nothing after it can be taken for the rest of it.
     fn close_after(&mut self);
@@ -102,6 +105,12 @@ impl Downstream for ServerConn {
         self.responded
     }
 
+    fn is_loopback_peer(&self) -> bool {
+        self.stream
+            .peer_addr()
+            .is_ok_and(|peer| peer.ip().is_loopback())
+    }
+
     fn close_after(&mut self) {
         self.keep_alive = false;
     }
@@ -122,15 +131,17 @@ pub(crate) struct H2Exchange {
     parts: http::request::Parts,
     body: Option<Incoming>,
     response: Option<Response<Body>>,
+    from_loopback: bool,
 }
 
 impl H2Exchange {
-    pub(crate) fn new(request: Request<Incoming>) -> H2Exchange {
+    pub(crate) fn new(request: Request<Incoming>, from_loopback: bool) -> H2Exchange {
         let (parts, body) = request.into_parts();
         H2Exchange {
             parts,
             body: Some(body),
             response: None,
+            from_loopback,
         }
     }
 
@@ -235,6 +246,10 @@ impl Downstream for H2Exchange {
 
     fn responded(&self) -> bool {
         self.response.is_some()
+    }
+
+    fn is_loopback_peer(&self) -> bool {
+        self.from_loopback
     }
 
     fn close_after(&mut self) {

@@ -29,6 +29,13 @@ impl Service for MeshInbound {
     async fn serve<D: Downstream>(&self, request: &mut D) {
         let started = Instant::now();
         let options = &self.shared.options;
+        if request
+            .path()
+            .starts_with(crate::subscriptions::peers::PATH_PREFIX)
+        {
+            let answer = crate::subscriptions::peers::receive(&self.shared, request).await;
+            return request.answer(answer).await;
+        }
         if let Some(callee) = request.header_str("dapr-callee-app-id") {
             if callee != options.app_id {
                 let error = BlockError::new(

@@ -191,12 +191,17 @@ async fn serve_connection<S: Service>(
     match conn.detect().await {
         Detected::Http1 => serve_h1(conn, &*service, &shared).await,
         Detected::Http2 => {
+            let from_loopback = conn
+                .stream
+                .peer_addr()
+                .is_ok_and(|peer| peer.ip().is_loopback());
             let (stream, read) = conn.into_parts();
             serve_h2(
                 Rewind::new(read.freeze(), stream),
                 service,
                 settings,
                 shared,
+                from_loopback,
             )
             .await
         }
@@ -310,6 +315,7 @@ async fn serve_h2<S: Service>(
     service: Arc<S>,
     settings: ListenerSettings,
     shared: Arc<Shared>,
+    from_loopback: bool,
 ) {
     let activity = Arc::new(H2Activity::default());
     let handler = {
@@ -318,7 +324,7 @@ async fn serve_h2<S: Service>(
             let (service, shared, activity) = (service.clone(), shared.clone(), activity.clone());
             async move {
                 let mut guard = StreamGuard::new(activity);
-                let mut exchange = H2Exchange::new(request);
+                let mut exchange = H2Exchange::new(request, from_loopback);
                 {
                     let _in_flight = S::DRAINED.then(|| shared.drain.enter());
                     service.serve(&mut exchange).await;

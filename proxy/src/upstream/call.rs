@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request};
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
 
 use super::forward::{self, Target};
 use crate::http1::head::HeaderEdits;
@@ -16,7 +16,6 @@ use crate::http1::head::HeaderEdits;
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub(crate) status: u16,
-    pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
 }
 
@@ -52,22 +51,20 @@ pub(crate) async fn call(
         let response = forward::from_h2(request, target, edits)
             .await
             .map_err(CallError::Upstream)?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    CallError::TooLarge(limit)
-                } else {
-                    CallError::Body(e.to_string())
+        let (parts, mut body) = response.into_parts();
+        let mut collected = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| CallError::Body(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if collected.len() + data.len() > limit {
+                    return Err(CallError::TooLarge(limit));
                 }
-            })?
-            .to_bytes();
+                collected.extend_from_slice(&data);
+            }
+        }
         Ok(Reply {
             status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
+            body: collected.freeze(),
         })
     };
     tokio::time::timeout(timeout, exchange)

@@ -514,6 +514,10 @@ where
     }
 }
 
+fn to_box_error<E: Into<BoxError>>(e: E) -> BoxError {
+    e.into()
+}
+
 async fn h2_to_h2<B>(
     request: Request<B>,
     target: &Target<'_>,
@@ -543,7 +547,7 @@ where
         }
     }
     add_edits(&mut parts.headers, edits);
-    let request = Request::from_parts(parts, body.map_err(Into::into).boxed());
+    let request = Request::from_parts(parts, body.map_err(to_box_error).boxed());
     let send = sender.send_request(request);
     let result = match target.head_timeout {
         Some(limit) => tokio::time::timeout(limit, send)
@@ -625,7 +629,8 @@ where
             }
             let copy = async {
                 while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| std::io::Error::other(e.into().to_string()))?;
+                    let frame =
+                        frame.map_err(|e| std::io::Error::other(to_box_error(e).to_string()))?;
                     if let Ok(data) = frame.into_data() {
                         if !data.is_empty() {
                             wbuf.clear();

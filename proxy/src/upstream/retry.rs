@@ -105,6 +105,11 @@ impl RetrySchedule {
         Some((1..=max).filter_map(|n| self.delay(n)).sum())
     }
 
+    /// Attempts in all (the first and every retry); `None` if retries never run out.
+    pub(crate) fn attempts(&self) -> Option<u32> {
+        self.max_retries.map(|max| max.saturating_add(1))
+    }
+
     /// Whether a failure with this status (`None`: no response) is retried at all.
     pub(crate) fn retries_status(&self, status: Option<u16>) -> bool {
         match (status, &self.statuses) {

@@ -1,9 +1,10 @@
 //! The Dapr HTTP API listener (default 127.0.0.1:3500): where the local app calls.
 //!
 //! Each request: API token check, then the API its path names. Health and metadata are
-//! answered here, state through the state block; an invocation is resolved to the target app's
+//! answered here, state and publishes through their blocks; an invocation is resolved to the target app's
 //! endpoints and forwarded to the chosen sidecar's mesh listener, both bodies streaming.
 
+pub(crate) mod pubsub;
 pub(crate) mod state;
 pub(crate) mod target;
 
@@ -60,6 +61,7 @@ impl Service for DaprHttp {
                 .map_err(|e| BlockError::new(500, "ERR_METADATA_GET", e.to_string())),
             ApiRoute::SetMetadata(key) => self.set_metadata(request, key).await,
             ApiRoute::State(call) => state::serve(&self.shared, call, request).await,
+            ApiRoute::Publish(call) => pubsub::serve(&self.shared, call, request).await,
             ApiRoute::NoAppId => Err(BlockError::new(
                 404,
                 ERR_DIRECT_INVOKE,

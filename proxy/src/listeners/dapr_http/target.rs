@@ -23,6 +23,17 @@ pub(crate) enum ApiRoute {
     NoMethod(String),
     /// `/v1.0/state/{store}…`.
     State(StateCall),
+    /// `/v1.0/publish/{pubsub}/{topic}` and the bulk forms.
+    Publish(PublishCall),
+}
+
+/// A call to the publish API: which component and topic (still percent-encoded), and
+/// whether it is a bulk publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PublishCall {
+    pub(crate) pubsub: String,
+    pub(crate) topic: String,
+    pub(crate) bulk: bool,
 }
 
 /// A call to the state API: which store, and what to do.
@@ -110,6 +121,18 @@ pub(crate) fn classify(
 
     if let Some(rest) = path.strip_prefix("/v1.0/state/") {
         return ApiRoute::State(state_call(method, rest));
+    }
+
+    let bulk = path
+        .strip_prefix("/v1.0-alpha1/publish/bulk/")
+        .or_else(|| path.strip_prefix("/v1.0/publish/bulk/"));
+    if let Some(rest) = bulk.or_else(|| path.strip_prefix("/v1.0/publish/")) {
+        let (pubsub, topic) = rest.split_once('/').unwrap_or((rest, ""));
+        return ApiRoute::Publish(PublishCall {
+            pubsub: pubsub.to_string(),
+            topic: topic.to_string(),
+            bulk: bulk.is_some(),
+        });
     }
 
     match explicit {
