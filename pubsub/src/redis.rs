@@ -19,6 +19,7 @@ use bytes::Bytes;
 use outrigger_config::metadata::ComponentMetadata;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::AsyncConnectionConfig;
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value};
 use tokio::sync::{mpsc, OnceCell, Semaphore};
 
@@ -149,6 +150,22 @@ impl RedisBroker {
             .cloned()
     }
 
+    /// `XGROUP CREATE <topic> <group> 0 MKSTREAM`; an existing group is fine.
+    async fn create_group(&self, topic: &str, group: &str) -> Result<(), PubSubError> {
+        let mut create = redis::cmd("XGROUP");
+        create
+            .arg("CREATE")
+            .arg(topic)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM");
+        match self.run::<Value>(create).await {
+            Ok(_) => Ok(()),
+            Err(PubSubError::Broker(e)) if e.contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One command, bounded by the dial and read timeouts together.
     async fn run<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, PubSubError> {
         let mut connection = self.connection().await?;
@@ -217,9 +234,9 @@ impl PubSub for RedisBroker {
         let broker = RedisBroker::new(self.settings.clone());
         let mut tasks = vec![tokio::spawn(read_loop(
             reader,
+            RedisBroker::new(self.settings.clone()),
             shared.clone(),
             tx.clone(),
-            self.settings.queue_depth,
         ))];
         if !self.settings.redeliver_interval.is_zero() {
             let idle = self.settings.processing_timeout.unwrap_or_else(|| {
@@ -267,13 +284,32 @@ impl Shared {
     }
 }
 
-/// Reads this consumer's own pending entries (left by a previous run), then new ones.
+/// How long one `XREADGROUP` blocks waiting for new entries.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// The reader's own connection: a blocking read holds it, so it is not shared, and its
+/// response timeout covers the block.
+async fn reader_connection(settings: &Settings) -> Result<MultiplexedConnection, String> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(settings.dial_timeout))
+        .set_response_timeout(Some(BLOCK + settings.read_timeout));
+    settings
+        .client()?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Reads this consumer's own pending entries (left by a previous run), then new ones. A
+/// failed read reconnects (Redis restarted) and re-creates the group if the stream was
+/// deleted; the backlog is read again then, as a restart would.
 async fn read_loop(
     mut connection: MultiplexedConnection,
+    broker: RedisBroker,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Message>,
-    count: usize,
 ) {
+    let count = broker.settings.queue_depth;
     let mut from_pending = Some("0".to_string());
     loop {
         let start = from_pending.clone().unwrap_or_else(|| ">".to_string());
@@ -285,15 +321,25 @@ async fn read_loop(
             .arg("COUNT")
             .arg(count);
         if from_pending.is_none() {
-            command.arg("BLOCK").arg(1000);
+            command.arg("BLOCK").arg(BLOCK.as_millis() as u64);
         }
         command.arg("STREAMS").arg(&shared.topic).arg(&start);
         let reply: Result<Value, _> = command.query_async(&mut connection).await;
         let entries = match reply {
             Ok(value) => stream_entries(value),
             Err(e) => {
-                tracing::warn!(topic = %shared.topic, host = %shared.host, error = %e, "reading the stream failed; retrying");
+                tracing::warn!(topic = %shared.topic, host = %shared.host, error = %e, "reading the stream failed; reconnecting");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                if e.to_string().contains("NOGROUP") {
+                    let _ = broker.create_group(&shared.topic, &shared.group).await;
+                }
+                match reader_connection(&broker.settings).await {
+                    Ok(fresh) => connection = fresh,
+                    Err(e) => {
+                        tracing::warn!(topic = %shared.topic, host = %shared.host, error = %e, "reconnecting to Redis failed");
+                    }
+                }
+                from_pending = Some("0".to_string());
                 continue;
             }
         };

@@ -157,3 +157,77 @@ fn psql(connection: &str, sql: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A Kafka-protocol broker of the test's own: tansu (from the Rust package registry) on a
+/// free loopback port with in-memory storage. tansu 0.6.0 has no topic auto-creation, so
+/// tests create their topics first ([`Tansu::create_topic`]).
+pub struct Tansu {
+    pub port: u16,
+    proc: Option<Proc>,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut command = Command::new(tansu_bin());
+        command
+            .arg("broker")
+            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .env_remove("RUST_LOG");
+        let (proc, _) = spawn_until(&format!("tansu :{port}"), command, |l| {
+            l.contains("ready in")
+        });
+        Tansu {
+            port,
+            proc: Some(proc),
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(tansu_bin())
+            .args(["topic", "create", name])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+    }
+}
+
+/// `tansu` on the PATH, else where `cargo install` puts it. scripts/test.sh installs it.
+fn tansu_bin() -> PathBuf {
+    let installed = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cargo/bin/tansu"))
+        .filter(|p| p.exists());
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("tansu"))
+            .find(|p| p.exists())
+    });
+    on_path.or(installed).unwrap_or_else(|| {
+        panic!("tansu is not installed; run scripts/test.sh, or: cargo install tansu --version 0.6.0 --locked --features dynostore")
+    })
+}

@@ -6,6 +6,7 @@
 pub mod backends;
 pub mod liar_app;
 pub mod raw_app;
+pub mod subscriber;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
