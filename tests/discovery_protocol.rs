@@ -124,7 +124,7 @@ impl AggregatedDiscovery for Misbehaving {
         let (bad, answers) = (self.bad.clone(), self.answers.clone());
         tokio::spawn(async move {
             while let Ok(Some(request)) = inbound.message().await {
-                if request.type_url != mesh::TYPE_CLUSTER {
+                if request.type_url != bad.type_url {
                     continue;
                 }
                 if request.response_nonce.is_empty() {
@@ -189,6 +189,36 @@ async fn a_sidecar_nacks_a_resource_that_is_not_json_of_its_type() {
             .starts_with("resources[0]: not a valid type.outrigger.dev/mesh.v1.Cluster:"),
         "{}",
         error.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_nacks_a_subscription_with_an_invalid_routing_rule() {
+    let subscription = serde_json::json!({
+        "metadata": {"name": "orders"},
+        "spec": {
+            "pubsubname": "pubsub",
+            "topic": "orders",
+            "routes": {"rules": [{"match": "event.type ==", "path": "/x"}], "default": "/o"}
+        }
+    });
+    let bad = DiscoveryResponse {
+        type_url: mesh::TYPE_SUBSCRIPTION.into(),
+        version_info: "v-cel".into(),
+        nonce: "n9".into(),
+        resources: vec![Any {
+            type_url: mesh::TYPE_SUBSCRIPTION.into(),
+            value: subscription.to_string().into_bytes(),
+        }],
+    };
+    let answer = nack_for(bad).await;
+    assert_eq!(answer.response_nonce, "n9");
+    let message = answer.error_detail.expect("a NACK").message;
+    assert!(
+        message.starts_with(
+            "subscription \"orders\": spec.routes.rules[0].match: invalid CEL expression \"event.type ==\""
+        ),
+        "{message}"
     );
 }
 

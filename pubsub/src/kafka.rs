@@ -42,7 +42,21 @@ pub(crate) struct Settings {
     max_message_bytes: Option<u32>,
     manual_assignment: bool,
     publish_timeout: Duration,
+    /// `librdkafka.<property>` metadata: set on the producer and consumers as given (an
+    /// Outrigger extension, for tuning Dapr's metadata does not cover).
+    passthrough: Vec<(String, String)>,
 }
+
+/// librdkafka properties Outrigger sets itself; `librdkafka.*` may not override them.
+const OWNED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "max.poll.interval.ms",
+    "acks",
+];
 
 impl Settings {
     pub(crate) fn from_metadata(metadata: &ComponentMetadata) -> Result<Settings, String> {
@@ -84,7 +98,24 @@ impl Settings {
                 ))
             }
         };
+        let mut passthrough = Vec::new();
+        for name in metadata.names() {
+            let Some(property) = name.strip_prefix("librdkafka.") else {
+                continue;
+            };
+            if OWNED_PROPERTIES.contains(&property) {
+                return Err(metadata.invalid(
+                    name,
+                    "Outrigger sets this property itself (from the Dapr metadata) and keeps it",
+                ));
+            }
+            passthrough.push((
+                property.to_string(),
+                metadata.get(name).unwrap_or_default().to_string(),
+            ));
+        }
         Ok(Settings {
+            passthrough,
             brokers,
             consumer_group: non_empty("consumerGroup").or_else(|| non_empty("consumerID")),
             client_id: non_empty("clientID").unwrap_or_else(|| "outrigger".to_string()),
@@ -114,6 +145,9 @@ impl KafkaBroker {
             );
         if let Some(max) = settings.max_message_bytes {
             config.set("message.max.bytes", max.to_string());
+        }
+        for (property, value) in &settings.passthrough {
+            config.set(property, value);
         }
         let producer = config
             .create()

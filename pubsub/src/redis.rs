@@ -520,13 +520,23 @@ impl Consumer for RedisConsumer {
         let Token::Redis(id) = token else {
             return Ok(());
         };
-        let mut command = redis::cmd("XACK");
-        command
-            .arg(&self.shared.topic)
-            .arg(&self.shared.group)
-            .arg(id);
-        let result = self.broker.run::<i64>(command).await;
-        if result.is_ok() && self.shared.handed_out.lock().remove(id) {
+        // XACK is idempotent: a failure (Redis restarting) is tried again for a few seconds.
+        let mut result = Ok(0);
+        for wait_ms in [0u64, 200, 500, 1000, 2000] {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            let mut command = redis::cmd("XACK");
+            command
+                .arg(&self.shared.topic)
+                .arg(&self.shared.group)
+                .arg(id);
+            result = self.broker.run::<i64>(command).await;
+            if result.is_ok() {
+                break;
+            }
+        }
+        // Settled either way for this consumer: acked, or left pending for the next read of
+        // the backlog (after a reconnect or a restart) to hand out again.
+        if self.shared.handed_out.lock().remove(id) {
             self.slots.add_permits(1);
         }
         result.map(|_| ())

@@ -5,6 +5,7 @@
 
 pub mod backends;
 pub mod liar_app;
+pub mod pubsub;
 pub mod raw_app;
 pub mod subscriber;
 
