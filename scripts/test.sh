@@ -44,6 +44,16 @@ if [ -z "${OUTRIGGER_TEST_PG:-}" ] && ! psql -h 127.0.0.1 -U postgres -c 'select
     done
 fi
 
+# The Kafka pub/sub tests and `outrigger bench --pubsub` run tansu, a Kafka-protocol broker from
+# the Rust package registry (docs/pubsub.md: why 0.6.0, and which of its consumer bugs the tests
+# step around). Built once into ~/.cargo/bin; a light release profile keeps the cold build short.
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+    echo "installing tansu 0.6.0 (cargo install, once)"
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_LTO=false \
+        CARGO_PROFILE_RELEASE_CODEGEN_UNITS=64 \
+        cargo install tansu --version 0.6.0 --locked --features dynostore
+fi
+
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
