@@ -147,3 +147,56 @@ fn a_tiny_state_get_run_compares_the_sidecar_with_direct_redis() {
     let report = std::fs::read_to_string(out.path().join("state-get.md")).unwrap();
     assert!(report.contains("| ratio sidecar / direct |"), "{report}");
 }
+
+#[test]
+fn a_tiny_pubsub_run_compares_the_sidecar_with_a_direct_producer_and_times_deliveries() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(outrigger_bin())
+        .args(["bench", "--pubsub", "--duration", "1s", "--warmup", "200ms"])
+        .args(["--repetitions", "1", "--connections", "4", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("pubsub.json")).unwrap()).unwrap();
+    let throughput = results["throughput"].as_array().unwrap();
+    let paths: Vec<&str> = throughput
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["sidecar", "direct-rdkafka"], "{results}");
+    for run in throughput {
+        assert!(run["published"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(run["errors"], 0, "{run}");
+    }
+    let latency = results["latency"].as_array().unwrap();
+    let paths: Vec<(&str, &str)> = latency
+        .iter()
+        .map(|r| (r["broker"].as_str().unwrap(), r["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("redis", "sidecar"),
+            ("redis", "direct"),
+            ("kafka", "sidecar"),
+            ("kafka", "direct")
+        ],
+        "{results}"
+    );
+    for run in latency {
+        assert!(run["delivered"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(run["late"], 0, "{run}");
+        assert!(run["p50_us"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    let report = std::fs::read_to_string(out.path().join("pubsub.md")).unwrap();
+    assert!(report.contains("| ratio sidecar / direct |"), "{report}");
+    assert!(report.contains("| Kafka (tansu) | "), "{report}");
+    assert!(report.contains("| Redis Streams | "), "{report}");
+}

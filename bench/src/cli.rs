@@ -58,6 +58,12 @@ pub struct BenchArgs {
     /// value size)
     #[arg(long)]
     state_get: bool,
+    /// Instead of the scenarios: measure Kafka publish throughput through a sidecar against a
+    /// direct rdkafka producer (--connections publishes in flight, --body-bytes payloads), and
+    /// publish → delivery latency through two sidecars on Redis Streams and Kafka; writes
+    /// pubsub.md (needs redis-server and tansu)
+    #[arg(long)]
+    pubsub: bool,
     /// Internal: serve the upstream app on this port and never return
     #[arg(long, hide = true)]
     serve_upstream: Option<u16>,
@@ -92,6 +98,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.state_get {
         return state_get(&args);
+    }
+    if args.pubsub {
+        return pubsub(&args);
     }
     let mut scenarios = if args.scenarios.is_empty() {
         ScenarioName::ALL.to_vec()
@@ -280,5 +289,46 @@ fn state_get(args: &BenchArgs) -> anyhow::Result<()> {
         s99 / d99.max(f64::MIN_POSITIVE),
         s50 - d50
     );
+    Ok(())
+}
+
+fn pubsub(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.repetitions >= 1, "--repetitions must be at least 1");
+    anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
+    let OutputDirs { out, work, exe } = OutputDirs::create(&args.out)?;
+    let settings = crate::pubsub::Settings {
+        duration: args.duration,
+        warmup: args.warmup,
+        repetitions: args.repetitions,
+        in_flight: args.connections,
+        payload_bytes: args.body_bytes.max(2),
+    };
+    // Two worker threads: the direct producer's side runs in this process and should not be
+    // starved next to the in-process subscriber app.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let results = runtime.block_on(crate::pubsub::measure(&exe, &work, &settings))?;
+    let command: Vec<String> = std::env::args().collect();
+    std::fs::write(
+        out.join("pubsub.md"),
+        crate::pubsub::markdown(&results, &command.join(" "), &settings),
+    )?;
+    std::fs::write(
+        out.join("pubsub.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    let (sidecar, direct) = crate::pubsub::throughput_medians(&results);
+    println!(
+        "outrigger bench: pub/sub report in {}",
+        out.join("pubsub.md").display()
+    );
+    println!("  Kafka publishes/s: direct rdkafka {direct:.0}  through the sidecar {sidecar:.0}  ratio {:.2}", sidecar / direct.max(f64::MIN_POSITIVE));
+    for (broker, label) in [("redis", "Redis Streams"), ("kafka", "Kafka")] {
+        let (d50, d99) = crate::pubsub::latency_medians(&results, broker, "direct");
+        let (s50, s99) = crate::pubsub::latency_medians(&results, broker, "sidecar");
+        println!("  publish -> delivery, {label}: direct p50 {d50:.0} µs p99 {d99:.0} µs; through two sidecars p50 {s50:.0} µs p99 {s99:.0} µs");
+    }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod convergence;
 mod peers;
 mod plot;
 mod procs;
+mod pubsub;
 mod report;
 mod runner;
 mod scenario;

@@ -200,22 +200,7 @@ impl PubSub for KafkaBroker {
             tracker: tracker.clone(),
             topic: topic.to_string(),
         };
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.settings.brokers)
-            .set("group.id", &group)
-            .set("client.id", &self.settings.client_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", self.settings.initial_offset)
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "3000")
-            // The consumer is not polled while its in-flight limit is reached, and a message
-            // may be held for its whole retry budget: the group must not take that for death.
-            .set(
-                "max.poll.interval.ms",
-                max_poll_interval(options.hold_limit),
-            );
+        let config = consumer_config(&self.settings, &group, options.hold_limit);
         let consumer: StreamConsumer<Context> = config
             .create_with_context(context)
             .map_err(|e| self.fail(e))?;
@@ -255,6 +240,28 @@ impl PubSub for KafkaBroker {
 
 /// `max.poll.interval.ms` for a subscription holding a message up to `hold` (librdkafka's
 /// range is 1 ms to 24 h; its default is 5 min).
+/// The consumer's properties: Outrigger's own, then the `librdkafka.*` passthrough (which
+/// may not name an owned property — refused when the component is read).
+fn consumer_config(settings: &Settings, group: &str, hold_limit: Option<Duration>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", group)
+        .set("client.id", &settings.client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", settings.initial_offset)
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
+        // The consumer is not polled while its in-flight limit is reached, and a message
+        // may be held for its whole retry budget: the group must not take that for death.
+        .set("max.poll.interval.ms", max_poll_interval(hold_limit));
+    for (property, value) in &settings.passthrough {
+        config.set(property, value);
+    }
+    config
+}
+
 fn max_poll_interval(hold: Option<Duration>) -> String {
     let day = Duration::from_secs(86_400);
     let interval = hold.map_or(day, |hold| {
@@ -558,5 +565,45 @@ mod tests {
             None,
             "a revoked partition commits nothing"
         );
+    }
+
+    #[test]
+    fn librdkafka_passthrough_reaches_the_consumer_too() {
+        use outrigger_config::dapr::{
+            Component, ComponentSpec, ComponentType, MetadataItem, ObjectMeta,
+        };
+        let item = |name: &str, value: &str| MetadataItem {
+            name: name.into(),
+            value: Some(value.into()),
+            secret_key_ref: None,
+            env_ref: None,
+        };
+        let component = Component {
+            metadata: ObjectMeta {
+                name: "bus".into(),
+                ..Default::default()
+            },
+            spec: ComponentSpec {
+                component_type: ComponentType::PubsubKafka,
+                version: "v1".into(),
+                metadata: vec![
+                    item("brokers", "127.0.0.1:9092"),
+                    item("authType", "none"),
+                    item("librdkafka.fetch.wait.max.ms", "1"),
+                    item("librdkafka.session.timeout.ms", "30000"),
+                ],
+                ignore_errors: false,
+                init_timeout: None,
+            },
+            scopes: vec![],
+            auth: None,
+        };
+        let metadata = ComponentMetadata::resolve(&component).unwrap();
+        let settings = Settings::from_metadata(&metadata).unwrap();
+        let config = consumer_config(&settings, "orders", None);
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("1"));
+        assert_eq!(config.get("session.timeout.ms"), Some("30000"));
+        assert_eq!(config.get("group.id"), Some("orders"));
+        assert_eq!(config.get("enable.auto.commit"), Some("false"));
     }
 }
