@@ -429,7 +429,31 @@ async fn scopes_and_names(kind: Kind) {
             "  - {name: publishingScopes, value: \"shop=orders;other=audit\"}\n  - {name: allowedTopics, value: \"orders,audit\"}\n",
         ),
     );
+    // A dead-letter topic is a publish: one outside the app's publishing scope is refused.
+    broker.write(
+        "dead-letters.yaml",
+        "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: dlq-out-of-scope}\nspec:\n  pubsubname: limited\n  topic: orders\n  routes: {default: /orders}\n  deadLetterTopic: audit\n",
+    );
     let sidecar = broker.sidecar("shop", None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metadata = support::get_json(sidecar.url("/v1.0/metadata")).await;
+        let state = metadata["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["topic"] == "orders" && s["pubsubname"] == "limited")
+            .map(|s| s["status"]["state"].as_str().unwrap_or("").to_string());
+        if let Some(state) = state.filter(|s| s.starts_with("failed")) {
+            assert_eq!(
+                state,
+                "failed: deadLetterTopic audit is not allowed for app id shop to publish to (allowedTopics / publishingScopes)"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metadata}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let cases = [
         ("/v1.0/publish/nowhere/orders", 404, "ERR_PUBSUB_NOT_FOUND"),
         (
@@ -587,3 +611,176 @@ suite!(
     scopes_and_names,
     subscriptions_follow_swaps,
 );
+
+// === in-memory pub/sub across the sidecars of one host ===
+
+/// A message published on one app's sidecar reaches the subscribed app behind another sidecar
+/// on the host (handed over through the local registry), exactly once per message.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_memory_messages_reach_the_apps_behind_other_sidecars_on_the_host() {
+    let broker = Broker::start(Kind::Memory, &[]);
+    let app = SubscriberApp::start(subscribe(json!([
+        {"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}
+    ])))
+    .await;
+    let consumer = broker.sidecar("consumer", Some(&app));
+    wait_subscribed(&consumer, 1).await;
+    let producer = broker.sidecar("producer", None);
+    for n in 0..3 {
+        publish_ok(&producer, "orders", json!({ "n": n })).await;
+    }
+    let deliveries = app.wait_count(3, Duration::from_secs(10)).await;
+    let mut seen: Vec<i64> = deliveries
+        .iter()
+        .map(|d| {
+            assert_eq!(d.path, "/orders");
+            assert_eq!(d.body["source"], "producer", "{}", d.body);
+            assert_eq!(d.body["pubsubname"], "pubsub", "{}", d.body);
+            d.body["data"]["n"].as_i64().unwrap()
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [0, 1, 2]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.deliveries().len(), 3, "each message is delivered once");
+    assert_eq!(
+        outcome(&consumer, "orders", "delivered").await,
+        3.0,
+        "the subscriber's sidecar delivered them"
+    );
+}
+
+/// The hand-over endpoint on the mesh port takes messages from this host's loopback only: a
+/// client reaching the mesh port over a network address is refused, and nothing is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_in_memory_hand_over_is_refused_from_beyond_loopback() {
+    let broker = Broker::start(Kind::Memory, &[]);
+    let app = SubscriberApp::start(subscribe(json!([
+        {"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}
+    ])))
+    .await;
+    let consumer = broker.sidecar("consumer", Some(&app));
+    wait_subscribed(&consumer, 1).await;
+    let hand_over = |host: String| {
+        let url = format!(
+            "http://{host}:{}/.outrigger/pubsub/pubsub/orders",
+            consumer.mesh.port()
+        );
+        async move {
+            let response = client()
+                .post(url)
+                .header("content-type", "application/octet-stream")
+                .header("outrigger-pubsub-metadata", "{}")
+                .body(r#"{"specversion":"1.0","id":"forged","source":"x","type":"t","data":{}}"#)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    // An unknown in-memory pubsub from loopback: 404, as the registry's peers expect.
+    let response = client()
+        .post(format!(
+            "http://127.0.0.1:{}/.outrigger/pubsub/nowhere/orders",
+            consumer.mesh.port()
+        ))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    match non_loopback_address() {
+        Some(address) => {
+            let (status, text) = hand_over(address.clone()).await;
+            assert_eq!(status, 403, "from {address}: {text}");
+            assert!(text.contains("only taken from sidecars on this host"), "{text}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(app.deliveries().is_empty(), "nothing was delivered");
+        }
+        None => eprintln!(
+            "SKIPPED the non-loopback half of the_in_memory_hand_over_is_refused_from_beyond_loopback: this host has no non-loopback IPv4 address to connect from"
+        ),
+    }
+    // An app invoking that path on another app reaches the app, not its sidecar's broker.
+    let producer = broker.sidecar("producer", None);
+    let response = client()
+        .post(producer.url("/v1.0/invoke/consumer/method/.outrigger/pubsub/pubsub/orders"))
+        .header("outrigger-pubsub-metadata", "{}")
+        .body(r#"{"specversion":"1.0","id":"via-invoke","source":"x","type":"t","data":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the app answered the invocation");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let to_orders: Vec<_> = app
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.path == "/orders")
+        .collect();
+    assert!(to_orders.is_empty(), "an invocation is no hand-over");
+    // The same message from loopback (a sidecar on this host) is taken and delivered.
+    let (status, text) = hand_over("127.0.0.1".to_string()).await;
+    assert_eq!(status, 204, "{text}");
+    let deliveries = app
+        .wait_for(Duration::from_secs(10), "the hand-over", |d| {
+            d.iter().any(|d| d.path == "/orders")
+        })
+        .await;
+    let delivered: Vec<_> = deliveries.iter().filter(|d| d.path == "/orders").collect();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].body["id"], "forged");
+}
+
+/// The first non-loopback IPv4 address of this host (`hostname -I`), if it has one.
+fn non_loopback_address() -> Option<String> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .find(|a| !a.is_loopback() && !a.is_unspecified())
+        .map(|a| a.to_string())
+}
+
+/// A message no request can carry as it stands: a `traceparent` a header cannot hold is left
+/// out and the message delivered; a route that is no request target drops the message at once
+/// (counted, not retried, never parked).
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_that_no_request_can_carry_are_settled_not_retried() {
+    let broker = Broker::start(Kind::Memory, &[]);
+    let app = SubscriberApp::start(subscribe(json!([
+        {"pubsubname": "pubsub", "topic": "odd", "route": "/odd"},
+        {"pubsubname": "pubsub", "topic": "unroutable", "route": "/has space"}
+    ])))
+    .await;
+    let sidecar = broker.sidecar("careful", Some(&app));
+    wait_subscribed(&sidecar, 2).await;
+    let event = json!({"specversion": "1.0", "id": "odd-1", "source": "s", "type": "t",
+        "traceparent": "00-abc\r\nx-injected: 1", "data": {"n": 1}});
+    let (status, text) = publish_to(
+        &sidecar,
+        "/v1.0/publish/pubsub/odd?metadata.rawPayload=true",
+        "application/json",
+        event.to_string(),
+    )
+    .await;
+    assert_eq!(status, 204, "{text}");
+    let deliveries = app.wait_count(1, Duration::from_secs(10)).await;
+    assert_eq!(deliveries[0].path, "/odd");
+    assert_eq!(deliveries[0].body["id"], "odd-1");
+    wait_outcome(&sidecar, "odd", "delivered", 1.0).await;
+
+    publish_ok(&sidecar, "unroutable", json!({"n": 2})).await;
+    wait_outcome(&sidecar, "unroutable", "dropped", 1.0).await;
+    assert_eq!(outcome(&sidecar, "unroutable", "retried").await, 0.0);
+    assert_eq!(outcome(&sidecar, "unroutable", "parked").await, 0.0);
+    assert_eq!(
+        app.deliveries().len(),
+        1,
+        "nothing reached the app for /has space"
+    );
+}

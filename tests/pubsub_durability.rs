@@ -425,4 +425,43 @@ async fn oversized_publishes_are_refused_with_the_limit() {
     .await;
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("ttlInSeconds"), "{text}");
+    // The names brokers report on delivery cannot be forged by a publisher.
+    let (status, text) = publish_to(
+        &sidecar,
+        "/v1.0/publish/pubsub/t?metadata.__partition=3",
+        "text/plain",
+        "x",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("metadata.__partition: names starting with __ are reserved"),
+        "{text}"
+    );
+    // A bulk publish whose request metadata every entry would copy: the entry count and the
+    // metadata are checked before any entry is built (4 MiB of tiny entries × 15 KiB each
+    // would otherwise take gigabytes).
+    let big = "v".repeat(15 * 1024);
+    let entries: Vec<Value> = (0..20_000)
+        .map(|i| json!({"entryId": i.to_string(), "event": 0}))
+        .collect();
+    let sidecar_4m = support::SidecarBuilder::new("bulky", broker.registry.path())
+        .arg("--resources-path")
+        .arg(broker.resources.path().to_str().unwrap())
+        .start();
+    let (status, text) = publish_to(
+        &sidecar_4m,
+        &format!("/v1.0-alpha1/publish/bulk/pubsub/t?metadata.k={big}"),
+        "application/json",
+        Value::Array(entries).to_string(),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("20000 entries"), "{text}");
+    let rss = sidecar_4m.proc.rss_bytes().unwrap();
+    assert!(
+        rss < 128 << 20,
+        "sidecar RSS {} MB after the refused bulk",
+        rss >> 20
+    );
 }

@@ -128,7 +128,7 @@ pub(crate) fn open_pubsubs(
         let attempt_timeout = timeout.unwrap_or(DELIVERY_TIMEOUT);
         let hold_limit = retry.budget().map(|waits| {
             let attempts = retry.attempts().unwrap_or(1);
-            waits + attempt_timeout * attempts
+            waits.saturating_add(attempt_timeout.saturating_mul(attempts))
         });
         if let Some(processing) = component.opened.settings.processing_timeout {
             let fits = hold_limit.is_some_and(|hold| hold <= processing);

@@ -265,7 +265,8 @@ fn consumer_config(settings: &Settings, group: &str, hold_limit: Option<Duration
 fn max_poll_interval(hold: Option<Duration>) -> String {
     let day = Duration::from_secs(86_400);
     let interval = hold.map_or(day, |hold| {
-        (hold + Duration::from_secs(60)).clamp(Duration::from_secs(300), day)
+        hold.saturating_add(Duration::from_secs(60))
+            .clamp(Duration::from_secs(300), day)
     });
     interval.as_millis().to_string()
 }
@@ -331,6 +332,9 @@ async fn committed_offsets(
 struct Tracker {
     partitions: Mutex<HashMap<i32, PartitionTrack>>,
     assigned: Mutex<HashSet<i32>>,
+    /// Each assigned partition's current assignment, numbered from `next_generation`.
+    generations: Mutex<HashMap<i32, u64>>,
+    next_generation: std::sync::atomic::AtomicU64,
     parked: Mutex<Vec<Token>>,
 }
 
@@ -344,6 +348,21 @@ struct PartitionTrack {
 impl Tracker {
     fn assign(&self, partitions: &[i32]) {
         self.assigned.lock().extend(partitions.iter().copied());
+        let mut generations = self.generations.lock();
+        for partition in partitions {
+            let generation = self
+                .next_generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            generations.insert(*partition, generation);
+        }
+    }
+
+    fn generation(&self, partition: i32) -> u64 {
+        self.generations
+            .lock()
+            .get(&partition)
+            .copied()
+            .unwrap_or_default()
     }
 
     fn revoke(&self, partitions: &[i32]) {
@@ -356,19 +375,26 @@ impl Tracker {
         }
     }
 
-    fn handed_out(&self, partition: i32, offset: i64) {
+    /// Records `offset` as out; the partition's current generation, for its token.
+    fn handed_out(&self, partition: i32, offset: i64) -> u64 {
         self.partitions
             .lock()
             .entry(partition)
             .or_default()
             .outstanding
             .insert(offset, false);
+        self.generation(partition)
     }
 
     /// Marks `offset` settled; the offset to commit, if the settled prefix grew.
-    fn settle(&self, partition: i32, offset: i64) -> Option<i64> {
+    fn settle(&self, partition: i32, offset: i64, generation: u64) -> Option<i64> {
         if !self.assigned.lock().contains(&partition) {
             return None; // revoked meanwhile: the new owner decides
+        }
+        if self.generation(partition) != generation {
+            // Handed out before the partition was revoked and assigned back: the same offset
+            // may be out again under the new assignment, and only that one may settle it.
+            return None;
         }
         let mut tracks = self.partitions.lock();
         let track = tracks.get_mut(&partition)?;
@@ -481,23 +507,32 @@ impl Consumer for KafkaConsumer {
             metadata.insert("__offset".into(), offset.to_string());
             metadata.insert("__topic".into(), message.topic().to_string());
             let data = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-            self.tracker.handed_out(partition, offset);
+            let generation = self.tracker.handed_out(partition, offset);
             permit.forget();
             return Ok(Message {
                 topic: self.topic.clone(),
                 data,
                 metadata,
-                token: Token::Kafka { partition, offset },
+                token: Token::Kafka {
+                    partition,
+                    offset,
+                    generation,
+                },
             });
         }
     }
 
     async fn ack(&self, token: &Token) -> Result<(), PubSubError> {
-        let Token::Kafka { partition, offset } = *token else {
+        let Token::Kafka {
+            partition,
+            offset,
+            generation,
+        } = *token
+        else {
             return Ok(());
         };
         self.slots.add_permits(1);
-        if let Some(next) = self.tracker.settle(partition, offset) {
+        if let Some(next) = self.tracker.settle(partition, offset, generation) {
             let mut list = TopicPartitionList::new();
             list.add_partition_offset(&self.topic, partition, Offset::Offset(next))
                 .map_err(|e| self.fail(e))?;
@@ -509,10 +544,18 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn park(&self, token: &Token) {
-        let Token::Kafka { partition, .. } = *token else {
+        let Token::Kafka {
+            partition,
+            generation,
+            ..
+        } = *token
+        else {
             return;
         };
         self.slots.add_permits(1);
+        if self.tracker.generation(partition) != generation {
+            return; // the partition moved on meanwhile: its new assignment redelivers it
+        }
         self.tracker.parked.lock().push(token.clone());
         let newly_paused = {
             let mut tracks = self.tracker.partitions.lock();
@@ -547,24 +590,43 @@ mod tests {
     fn the_committed_offset_follows_the_settled_prefix_only() {
         let tracker = Tracker::default();
         tracker.assign(&[0]);
+        let mut generation = 0;
         for offset in 10..14 {
-            tracker.handed_out(0, offset);
+            generation = tracker.handed_out(0, offset);
         }
         assert_eq!(
-            tracker.settle(0, 11),
+            tracker.settle(0, 11, generation),
             None,
             "11 settled before 10: nothing to commit"
         );
-        assert_eq!(tracker.settle(0, 10), Some(12));
-        assert_eq!(tracker.settle(0, 13), None);
-        assert_eq!(tracker.settle(0, 12), Some(14));
+        assert_eq!(tracker.settle(0, 10, generation), Some(12));
+        assert_eq!(tracker.settle(0, 13, generation), None);
+        assert_eq!(tracker.settle(0, 12, generation), Some(14));
         tracker.handed_out(0, 14);
         tracker.revoke(&[0]);
         assert_eq!(
-            tracker.settle(0, 14),
+            tracker.settle(0, 14, generation),
             None,
             "a revoked partition commits nothing"
         );
+    }
+
+    #[test]
+    fn a_message_from_before_a_reassignment_settles_nothing() {
+        let tracker = Tracker::default();
+        tracker.assign(&[0]);
+        let old = tracker.handed_out(0, 5);
+        tracker.revoke(&[0]);
+        tracker.assign(&[0]);
+        // Offset 5 is fetched again under the new assignment while the old delivery runs on.
+        let new = tracker.handed_out(0, 5);
+        assert_ne!(old, new);
+        assert_eq!(
+            tracker.settle(0, 5, old),
+            None,
+            "the old delivery's ack must not commit past the new one"
+        );
+        assert_eq!(tracker.settle(0, 5, new), Some(6));
     }
 
     #[test]

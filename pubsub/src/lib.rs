@@ -49,8 +49,14 @@ pub enum Token {
     Memory(u64),
     /// Redis Streams: the entry id (`1700000000000-0`).
     Redis(String),
-    /// Kafka: partition and offset.
-    Kafka { partition: i32, offset: i64 },
+    /// Kafka: partition and offset, and which assignment of the partition handed it out (a
+    /// partition revoked and assigned again starts a new one; settling a message of an older
+    /// one commits nothing).
+    Kafka {
+        partition: i32,
+        offset: i64,
+        generation: u64,
+    },
 }
 
 impl std::fmt::Display for Token {
@@ -58,7 +64,9 @@ impl std::fmt::Display for Token {
         match self {
             Token::Memory(seq) => write!(f, "#{seq}"),
             Token::Redis(id) => f.write_str(id),
-            Token::Kafka { partition, offset } => write!(f, "{partition}@{offset}"),
+            Token::Kafka {
+                partition, offset, ..
+            } => write!(f, "{partition}@{offset}"),
         }
     }
 }

@@ -2,6 +2,10 @@
 //! survives a restart (as Dapr's in-memory broker), but within the process a message is held
 //! until it is acked: a closed consumer's unacked messages go back to the front of its group's
 //! queue for the next consumer of that group.
+//!
+//! Bounded: a group's queue holds at most 10,000 messages and 64 MiB; a publish that would go
+//! beyond refuses (the publisher gets a 500 naming the limit) rather than grow the process.
+//! A topic nobody subscribes to holds nothing (and is not even created).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -24,13 +28,45 @@ struct Topic {
     groups: Mutex<HashMap<String, Arc<Group>>>,
 }
 
+/// Undelivered messages one group's queue may hold, and their bytes.
+const MAX_QUEUED: usize = 10_000;
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
 /// One consumer group's queue of a topic.
 #[derive(Default)]
 struct Group {
-    queue: Mutex<VecDeque<Message>>,
+    queue: Mutex<Queue>,
     ready: Notify,
     /// Consumers attached right now; a topic publishes only to groups someone consumes.
     attached: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<Message>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn push_back(&mut self, message: Message) {
+        self.bytes += message.data.len();
+        self.messages.push_back(message);
+    }
+
+    fn push_front(&mut self, message: Message) {
+        self.bytes += message.data.len();
+        self.messages.push_front(message);
+    }
+
+    fn pop_front(&mut self) -> Option<Message> {
+        let message = self.messages.pop_front()?;
+        self.bytes -= message.data.len();
+        Some(message)
+    }
+
+    fn takes(&self, bytes: usize) -> bool {
+        self.messages.len() < MAX_QUEUED && self.bytes + bytes <= MAX_QUEUED_BYTES
+    }
 }
 
 impl MemoryBroker {
@@ -46,7 +82,9 @@ impl MemoryBroker {
 #[async_trait]
 impl PubSub for MemoryBroker {
     async fn publish(&self, message: OutgoingMessage) -> Result<(), PubSubError> {
-        let topic = self.topic(&message.topic);
+        let Some(topic) = self.topics.lock().get(&message.topic).cloned() else {
+            return Ok(());
+        };
         let groups: Vec<Arc<Group>> = topic
             .groups
             .lock()
@@ -54,6 +92,16 @@ impl PubSub for MemoryBroker {
             .filter(|g| g.attached.load(Ordering::Acquire) > 0)
             .cloned()
             .collect();
+        if groups
+            .iter()
+            .any(|g| !g.queue.lock().takes(message.data.len()))
+        {
+            return Err(PubSubError::Broker(format!(
+                "in-memory topic {}: a subscriber's queue holds {MAX_QUEUED} messages or {} MiB undelivered; publish refused until it drains",
+                message.topic,
+                MAX_QUEUED_BYTES / (1024 * 1024)
+            )));
+        }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         for group in groups {
             group.queue.lock().push_back(Message {
@@ -226,5 +274,24 @@ mod tests {
         let consumer = broker.subscribe("t", options("g", 1)).await.unwrap();
         broker.publish(message("t", "kept")).await.unwrap();
         assert_eq!(&consumer.next().await.unwrap().data[..], b"kept");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_publishes_and_an_unsubscribed_topic_holds_nothing() {
+        let broker = MemoryBroker::default();
+        broker.publish(message("nobody", "x")).await.unwrap();
+        assert!(broker.topics.lock().is_empty(), "no topic made for nobody");
+        let consumer = broker.subscribe("t", options("g", 1)).await.unwrap();
+        for _ in 0..MAX_QUEUED {
+            broker.publish(message("t", "m")).await.unwrap();
+        }
+        let refused = broker.publish(message("t", "one too many")).await;
+        match refused {
+            Err(PubSubError::Broker(why)) => assert!(why.contains("10000 messages"), "{why}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let first = consumer.next().await.unwrap();
+        consumer.ack(&first.token).await.unwrap();
+        broker.publish(message("t", "room again")).await.unwrap();
     }
 }

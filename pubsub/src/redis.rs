@@ -243,7 +243,8 @@ impl PubSub for RedisBroker {
                 options
                     .hold_limit
                     .map_or(Duration::from_secs(3600), |hold| {
-                        (hold + Duration::from_secs(10)).max(Duration::from_secs(60))
+                        hold.saturating_add(Duration::from_secs(10))
+                            .max(Duration::from_secs(60))
                     })
             });
             tasks.push(tokio::spawn(reclaim_loop(

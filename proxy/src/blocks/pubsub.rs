@@ -213,6 +213,28 @@ pub(crate) async fn send(
     result
 }
 
+/// A publish's `metadata.*`: at most 64 keys and 16 KiB in all, and none of the `__` names
+/// the brokers use for what they report on delivery (`__key`, `__partition`, …).
+pub(crate) fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), BlockError> {
+    if metadata.len() > MAX_METADATA_KEYS
+        || metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            > MAX_METADATA_BYTES
+    {
+        return Err(BlockError::malformed(format!(
+            "metadata: at most {MAX_METADATA_KEYS} keys of {MAX_METADATA_BYTES} bytes in all"
+        )));
+    }
+    if let Some(key) = metadata.keys().find(|k| k.starts_with("__")) {
+        return Err(BlockError::malformed(format!(
+            "metadata.{key}: names starting with __ are reserved for what the broker reports"
+        )));
+    }
+    Ok(())
+}
+
 /// The bytes that go to the broker: the payload wrapped as a CloudEvent (or an app's own
 /// CloudEvent, completed), or the raw payload when `metadata.rawPayload` is true.
 fn envelope(
@@ -227,17 +249,7 @@ fn envelope(
         content_type,
         mut metadata,
     } = message;
-    if metadata.len() > MAX_METADATA_KEYS
-        || metadata
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
-            > MAX_METADATA_BYTES
-    {
-        return Err(BlockError::malformed(format!(
-            "metadata: at most {MAX_METADATA_KEYS} keys of {MAX_METADATA_BYTES} bytes in all"
-        )));
-    }
+    check_metadata(&metadata)?;
     let raw = match metadata.remove("rawPayload").as_deref() {
         None | Some("false") | Some("") => false,
         Some("true") => true,

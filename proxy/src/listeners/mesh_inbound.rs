@@ -29,9 +29,13 @@ impl Service for MeshInbound {
     async fn serve<D: Downstream>(&self, request: &mut D) {
         let started = Instant::now();
         let options = &self.shared.options;
+        // A pub/sub hand-over from a sidecar on this host. An invocation never is one (every
+        // invocation names its callee), so an app cannot inject messages by invoking
+        // `/.outrigger/pubsub/…` on another app: that path goes to the app like any other.
         if request
             .path()
             .starts_with(crate::subscriptions::peers::PATH_PREFIX)
+            && request.header_str("dapr-callee-app-id").is_none()
         {
             let answer = crate::subscriptions::peers::receive(&self.shared, request).await;
             return request.answer(answer).await;

@@ -307,8 +307,12 @@ async fn deliver_one(
 
 /// One attempt: `POST <path>` with the event; the app's verdict.
 async fn attempt(shared: &Shared, settings: &Settings, path: &str, prepared: &Prepared) -> Verdict {
+    // The event's own traceparent travels as a header only when it is one a header can
+    // carry (a raw payload may hold anything there).
     let traceparent = match prepared.event.get("traceparent") {
-        Some(Value::String(t)) => t.clone(),
+        Some(Value::String(t)) if t.len() <= 512 && t.bytes().all(|b| b.is_ascii_graphic()) => {
+            t.clone()
+        }
         _ => String::new(),
     };
     let headers = vec![
@@ -316,8 +320,19 @@ async fn attempt(shared: &Shared, settings: &Settings, path: &str, prepared: &Pr
         ("pubsubname", settings.spec.pubsubname.clone()),
         ("traceparent", traceparent),
     ];
-    let result = post(shared, settings, path, headers, prepared.body.clone()).await;
-    verdict(result)
+    match post(shared, settings, path, headers, prepared.body.clone()).await {
+        Err(PostError::Unbuildable(e)) => Verdict::Drop(e),
+        Err(PostError::Failed(e)) => verdict(Err(e)),
+        Ok(reply) => verdict(Ok(reply)),
+    }
+}
+
+/// Why a delivery got no answer from the app.
+enum PostError {
+    /// No request can carry it (a route path that is no request target): no retry helps.
+    Unbuildable(String),
+    /// The app could not be reached, or did not answer in time: worth a retry.
+    Failed(String),
 }
 
 /// `POST <path>` to the app through its upstream, with the attempt timeout; recorded as an
@@ -328,9 +343,9 @@ async fn post(
     path: &str,
     mut headers: Vec<(&'static str, String)>,
     body: Bytes,
-) -> Result<Reply, String> {
+) -> Result<Reply, PostError> {
     let Some(app) = shared.app.as_ref() else {
-        return Err("this sidecar has no --app-port".into());
+        return Err(PostError::Failed("this sidecar has no --app-port".into()));
     };
     let path = if path.starts_with('/') {
         path.to_string()
@@ -343,7 +358,8 @@ async fn post(
     headers.retain(|(_, value)| !value.is_empty());
     let request = {
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        call::request(Method::POST, &app.authority, &path, &pairs, body)?
+        call::request(Method::POST, &app.authority, &path, &pairs, body)
+            .map_err(|e| PostError::Unbuildable(format!("no delivery request can carry it: {e}")))?
     };
     let target = Target {
         set: &app.endpoints,
@@ -368,7 +384,12 @@ async fn post(
         &settings.spec.topic,
         elapsed,
     );
-    result.map_err(|e: CallError| format!("delivery to 127.0.0.1:{}{path} failed: {e}", app.port))
+    result.map_err(|e: CallError| {
+        PostError::Failed(format!(
+            "delivery to 127.0.0.1:{}{path} failed: {e}",
+            app.port
+        ))
+    })
 }
 
 fn verdict(result: Result<Reply, String>) -> Verdict {
@@ -646,7 +667,8 @@ async fn bulk_attempt(
     let all = |verdict: Verdict| vec![verdict; items.len()];
     let reply = match result {
         Ok(reply) => reply,
-        Err(e) => return all(Verdict::Retry(e, None)),
+        Err(PostError::Unbuildable(e)) => return all(Verdict::Drop(e)),
+        Err(PostError::Failed(e)) => return all(Verdict::Retry(e, None)),
     };
     match reply.status {
         200..=299 => {}

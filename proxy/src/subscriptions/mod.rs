@@ -253,6 +253,15 @@ impl Subscriptions {
                 )));
                 continue;
             }
+            // Dead letters are publishes by this app: the topic must be one it may publish to.
+            if let Some(dead_letter) = spec.dead_letter_topic.as_deref() {
+                if !entry.component.opened.settings.may_publish(dead_letter) {
+                    refused.push(refuse(format!(
+                        "deadLetterTopic {dead_letter} is not allowed for app id {app_id} to publish to (allowedTopics / publishingScopes)"
+                    )));
+                    continue;
+                }
+            }
             if shared.app.is_none() {
                 refused.push(refuse(
                     "this sidecar has no --app-port to deliver to".to_string(),

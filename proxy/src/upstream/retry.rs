@@ -102,7 +102,17 @@ impl RetrySchedule {
     /// The waiting a message can go through before retries run out; `None` if they never do.
     pub(crate) fn budget(&self) -> Option<Duration> {
         let max = self.max_retries?;
-        Some((1..=max).filter_map(|n| self.delay(n)).sum())
+        // Within 64 retries every wait has reached its cap (or the one-hour ceiling): sum
+        // those, then count the rest at the capped wait — no loop over a huge maxRetries.
+        let head = max.min(64);
+        let mut total = (1..=head)
+            .filter_map(|n| self.delay(n))
+            .fold(Duration::ZERO, Duration::saturating_add);
+        if max > head {
+            let capped = self.delay(max).unwrap_or_default();
+            total = total.saturating_add(capped.saturating_mul(max - head));
+        }
+        Some(total)
     }
 
     /// Attempts in all (the first and every retry); `None` if retries never run out.
@@ -217,5 +227,32 @@ mod tests {
         });
         let error = RetrySchedule::from_policy(&p).unwrap_err();
         assert!(error.contains("\"500-99x\""), "{error}");
+    }
+
+    #[test]
+    fn a_huge_max_retries_has_a_budget_without_looping_or_overflowing() {
+        let huge = RetrySchedule::from_policy(&policy(
+            RetryBackoff::Exponential,
+            Some(100),
+            Some(2000),
+            i64::from(u32::MAX),
+        ))
+        .unwrap();
+        // 100 + 200 + … capped at 2 s: the first five waits are 3.1 s, the rest 2 s each.
+        let expected = Duration::from_millis(100 + 200 + 400 + 800 + 1600)
+            + Duration::from_secs(2) * 59
+            + Duration::from_secs(2).saturating_mul(u32::MAX - 64);
+        assert_eq!(huge.budget(), Some(expected));
+        let constant = RetrySchedule::from_policy(&policy(
+            RetryBackoff::Constant,
+            Some(3_600_000),
+            None,
+            i64::MAX,
+        ))
+        .unwrap();
+        assert_eq!(
+            constant.budget(),
+            Some(Duration::from_secs(3600).saturating_mul(u32::MAX))
+        );
     }
 }

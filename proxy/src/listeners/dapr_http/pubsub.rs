@@ -53,6 +53,7 @@ pub(super) async fn serve<D: Downstream>(
         ));
     }
     let metadata = query_metadata(request.query())?;
+    pubsub::check_metadata(&metadata)?;
     let trace = Trace {
         traceparent: request.header_str("traceparent").map(str::to_string),
         tracestate: request.header_str("tracestate").map(str::to_string),
@@ -69,6 +70,14 @@ pub(super) async fn serve<D: Downstream>(
     // Names are checked before the body, so an unknown pubsub is a 404 whatever the body.
     pubsub::target(shared, &pubsub, &topic)?;
     let entries: Vec<BulkBodyEntry> = parse_json(&body)?;
+    // Counted before each entry takes a copy of the request's metadata.
+    if entries.len() > pubsub::MAX_BULK_ENTRIES {
+        return Err(BlockError::malformed(format!(
+            "{} entries; a bulk publish may carry at most {}",
+            entries.len(),
+            pubsub::MAX_BULK_ENTRIES
+        )));
+    }
     let entries = entries
         .into_iter()
         .enumerate()
