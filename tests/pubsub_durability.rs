@@ -465,3 +465,61 @@ async fn oversized_publishes_are_refused_with_the_limit() {
         rss >> 20
     );
 }
+
+/// The consumer-group path (`partitionAssignment: group`, the default) against tansu 0.6.0:
+/// 1,000 messages on a two-partition topic, the subscriber's sidecar killed once and
+/// restarted in the same group — every message delivered, resuming from the offsets the group
+/// committed. The restart waits out the session timeout: tansu 0.6.0's SyncGroup answers a
+/// member that joins while the dead one is still in the group with an empty assignment
+/// (tansu#679) and it never gets a partition; a lone member of the next generation gets both.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_consumer_group_path_delivers_and_resumes_from_committed_offsets() {
+    const N: usize = 1000;
+    let broker = Broker::start(Kind::Kafka, &[]);
+    let kafka = broker.kafka.as_ref().unwrap();
+    kafka.create_topic("grouped", 2);
+    broker.write(
+        "pubsub.yaml",
+        &format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: pubsub}}\nspec:\n  type: pubsub.kafka\n  version: v1\n  metadata:\n  - {{name: brokers, value: \"{}\"}}\n  - {{name: authType, value: none}}\n  - {{name: initialOffset, value: oldest}}\n  - {{name: consumerGroup, value: grouped-readers}}\n  - {{name: librdkafka.batch.num.messages, value: \"1\"}}\n",
+            kafka.address()
+        ),
+    );
+    let app = SubscriberApp::start(Some(json!([
+        {"pubsubname": "pubsub", "topic": "grouped", "route": "/grouped"}
+    ])))
+    .await;
+    let publisher = broker.sidecar("producer", None);
+    let mut subscriber = broker.sidecar("consumer", Some(&app));
+    wait_subscribed(&subscriber, 1).await;
+    let published = Arc::new(AtomicUsize::new(0));
+    let publishing = tokio::spawn(publish_all(
+        publisher.url("/v1.0/publish/pubsub/grouped"),
+        0..N,
+        8,
+        published.clone(),
+    ));
+    app.wait_for(
+        Duration::from_secs(60),
+        "the group's first deliveries",
+        |d| d.len() >= N / 4,
+    )
+    .await;
+    kill9(&mut subscriber);
+    // Past the group's session timeout (10 s): the dead member is gone before the new one joins.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let _subscriber = broker.sidecar("consumer", Some(&app));
+    publishing.await.unwrap();
+    let deliveries = app
+        .wait_for(Duration::from_secs(60), "every message delivered", |d| {
+            distinct(d).len() >= N
+        })
+        .await;
+    let seen = distinct(&deliveries);
+    assert_eq!(seen.len(), N);
+    eprintln!(
+        "consumer group: {} distinct messages in {} deliveries",
+        seen.len(),
+        deliveries.len()
+    );
+}
