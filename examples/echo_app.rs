@@ -8,6 +8,9 @@
 //! - `/upload`: reads the body as it arrives and answers `{"bytes": N}`
 //! - `/download?bytes=N`: streams N bytes
 //! - `/slow?ms=N`: answers after N milliseconds
+//!
+//! `ECHO_DELAY_MS=N` in the environment delays every answer by N milliseconds (a slow
+//! instance, for the load-balancing tests).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,13 +36,22 @@ async fn main() {
         .expect("bind");
     println!("listening on {}", listener.local_addr().expect("address"));
     let name: &'static str = Box::leak(name.into_boxed_str());
+    let delay = std::env::var("ECHO_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, name));
+            let service = hyper::service::service_fn(move |req| async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                handle(req, name).await
+            });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

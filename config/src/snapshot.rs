@@ -43,13 +43,19 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
-/// How a cluster picks an endpoint. Round robin is the only policy so far; least-request and
-/// peak-EWMA arrive with the resilience work.
+/// How a cluster picks an endpoint (`Cluster.spec.loadBalancer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub enum LoadBalancer {
+    /// Weighted round robin.
     #[default]
     RoundRobin,
+    /// Power of two choices: of two random endpoints, the one with fewer requests in flight
+    /// (divided by its weight).
+    LeastRequest,
+    /// Power of two choices over Linkerd's peak-EWMA cost: the latency estimate (peaks taken
+    /// at once, decaying over 10 s; 30 ms before any sample) × (requests in flight + 1).
+    PeakEwma,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

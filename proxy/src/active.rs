@@ -66,9 +66,18 @@ impl ActiveConfig {
                     .collect();
                 targets.sort();
                 let target = match previous.and_then(|p| p.clusters.get(&cluster.name)) {
-                    Some(existing) if existing.endpoints.same_members(&targets) => existing.clone(),
+                    Some(existing)
+                        if existing.endpoints.same_members(&targets)
+                            && existing.endpoints.policy == cluster.load_balancer =>
+                    {
+                        existing.clone()
+                    }
                     _ => Arc::new(AppTarget {
-                        endpoints: Arc::new(EndpointSet::round_robin(context.endpoints, targets)),
+                        endpoints: Arc::new(EndpointSet::new(
+                            context.endpoints,
+                            targets,
+                            cluster.load_balancer,
+                        )),
                         metrics: context.metrics.app(Direction::Outbound, &cluster.name),
                     }),
                 };

@@ -152,8 +152,16 @@ pub struct EchoApp {
 }
 
 pub fn start_echo_app(name: &str) -> EchoApp {
+    start_echo_app_with_delay(name, None)
+}
+
+/// An echo app that answers every request `delay` late (a slow instance).
+pub fn start_echo_app_with_delay(name: &str, delay: Option<std::time::Duration>) -> EchoApp {
     let mut command = Command::new(echo_app_bin());
     command.arg("0").arg(name);
+    if let Some(delay) = delay {
+        command.env("ECHO_DELAY_MS", delay.as_millis().to_string());
+    }
     let (proc, line) = spawn_until(&format!("echo app {name}"), command, |l| {
         l.starts_with("listening on ")
     });

@@ -56,6 +56,7 @@ impl Admin {
                     "failures": stats.failures.load(Ordering::Relaxed),
                     "consecutive_failures": stats.consecutive_failures.load(Ordering::Relaxed),
                     "latency_ewma_us": stats.latency_ewma_us.load(Ordering::Relaxed),
+                    "peak_ewma_us": (stats.peak.lock().estimate_ns() / 1000.0).round(),
                     "idle_connections": e.pool.idle_count(),
                 })
             })

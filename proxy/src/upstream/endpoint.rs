@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -76,6 +76,46 @@ pub(crate) struct EndpointStats {
     pub(crate) consecutive_failures: AtomicU32,
     /// Exponentially weighted moving average of latency, in microseconds.
     pub(crate) latency_ewma_us: AtomicU64,
+    /// The peak-EWMA latency estimate the `peakEwma` balancer reads.
+    pub(crate) peak: Mutex<PeakEwma>,
+}
+
+/// Linkerd's peak-EWMA: a latency sample above the estimate replaces it at once (peaks count
+/// in full); one below pulls it down with a weight that decays over [`PEAK_EWMA_DECAY`], so an
+/// endpoint that got slow is avoided at once and trusted again only gradually.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PeakEwma {
+    estimate_ns: f64,
+    updated: Option<Instant>,
+}
+
+/// The estimate of an endpoint nothing was measured on yet (Linkerd's default RTT).
+pub(crate) const PEAK_EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast a lower sample pulls the estimate down (Linkerd's decay).
+pub(crate) const PEAK_EWMA_DECAY: Duration = Duration::from_secs(10);
+
+impl PeakEwma {
+    pub(crate) fn observe(&mut self, rtt: Duration, now: Instant) {
+        let rtt = rtt.as_nanos() as f64;
+        self.estimate_ns = match self.updated {
+            None => rtt,
+            Some(_) if rtt > self.estimate_ns => rtt,
+            Some(then) => {
+                let elapsed = now.saturating_duration_since(then).as_nanos() as f64;
+                let weight = (-elapsed / PEAK_EWMA_DECAY.as_nanos() as f64).exp();
+                self.estimate_ns * weight + rtt * (1.0 - weight)
+            }
+        };
+        self.updated = Some(now);
+    }
+
+    /// The estimate in nanoseconds (the default RTT before any sample).
+    pub(crate) fn estimate_ns(&self) -> f64 {
+        match self.updated {
+            None => PEAK_EWMA_DEFAULT_RTT.as_nanos() as f64,
+            Some(_) => self.estimate_ns,
+        }
+    }
 }
 
 pub(crate) struct Endpoint {
@@ -131,6 +171,14 @@ impl Endpoint {
             (old * 7 + sample) / 8
         };
         stats.latency_ewma_us.store(next, Ordering::Relaxed);
+        stats.peak.lock().observe(outcome.latency, Instant::now());
+    }
+
+    /// The peak-EWMA cost of sending this endpoint one more request: the latency estimate ×
+    /// (requests in flight + 1).
+    pub(crate) fn peak_ewma_cost(&self) -> f64 {
+        let pending = self.stats.in_flight.load(Ordering::Relaxed) as f64;
+        self.stats.peak.lock().estimate_ns() * (pending + 1.0)
     }
 }
 
@@ -230,5 +278,31 @@ mod tests {
             assert_eq!(e.stats.in_flight.load(Ordering::Relaxed), 1);
         }
         assert_eq!(e.stats.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn peak_ewma_takes_peaks_at_once_and_decays_toward_lower_samples() {
+        let start = Instant::now();
+        let mut peak = PeakEwma::default();
+        assert_eq!(
+            peak.estimate_ns(),
+            30e6,
+            "the default RTT before any sample"
+        );
+        peak.observe(Duration::from_millis(1), start);
+        assert_eq!(peak.estimate_ns(), 1e6);
+        peak.observe(Duration::from_millis(50), start + Duration::from_millis(1));
+        assert_eq!(peak.estimate_ns(), 50e6, "a peak counts in full");
+        // One decay period later a 1 ms sample pulls it 1 - 1/e of the way down.
+        peak.observe(
+            Duration::from_millis(1),
+            start + Duration::from_millis(1) + PEAK_EWMA_DECAY,
+        );
+        let expected = 50e6 * (-1.0f64).exp() + 1e6 * (1.0 - (-1.0f64).exp());
+        assert!(
+            (peak.estimate_ns() - expected).abs() < 1.0,
+            "{}",
+            peak.estimate_ns()
+        );
     }
 }

@@ -1,0 +1,177 @@
+//! Load balancing across the instances of an app (`Cluster.spec.loadBalancer`), with real
+//! sidecars and apps: three instances of b, one answering 20 ms late.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+struct ThreeInstances {
+    registry: tempfile::TempDir,
+    _apps: Vec<EchoApp>,
+    sidecars: Vec<SidecarProc>,
+}
+
+/// b-0 and b-1 answer at once, b-2 20 ms late; each behind its own sidecar of app b.
+fn three_instances() -> ThreeInstances {
+    let registry = tempfile::tempdir().unwrap();
+    let apps: Vec<EchoApp> = (0..3)
+        .map(|i| {
+            let delay = (i == 2).then(|| Duration::from_millis(20));
+            start_echo_app_with_delay(&format!("b-{i}"), delay)
+        })
+        .collect();
+    let sidecars = apps
+        .iter()
+        .map(|app| {
+            SidecarBuilder::new("b", registry.path())
+                .app_port(app.port)
+                .arg("--no-discovery")
+                .start()
+        })
+        .collect();
+    ThreeInstances {
+        registry,
+        _apps: apps,
+        sidecars,
+    }
+}
+
+/// A caller sidecar whose cluster `b` has the three instances and `policy`.
+fn caller(instances: &ThreeInstances, policy: &str) -> (SidecarProc, tempfile::TempDir) {
+    let resources = tempfile::tempdir().unwrap();
+    let endpoints: Vec<String> = instances
+        .sidecars
+        .iter()
+        .map(|s| format!("{{address: 127.0.0.1:{}}}", s.mesh.port()))
+        .collect();
+    std::fs::write(
+        resources.path().join("cluster.yaml"),
+        format!(
+            "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b}}\nspec:\n  loadBalancer: {policy}\n  endpoints: [{}]\n",
+            endpoints.join(", ")
+        ),
+    )
+    .unwrap();
+    let sidecar = SidecarBuilder::new("a", instances.registry.path())
+        .arg("--no-discovery")
+        .arg("--resources-path")
+        .arg(resources.path().to_str().unwrap())
+        .start();
+    (sidecar, resources)
+}
+
+/// `total` calls from 4 concurrent clients; how many each instance answered.
+async fn spread(caller: &SidecarProc, total: usize) -> HashMap<String, usize> {
+    let url = caller.url("/v1.0/invoke/b/method/who");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, next) = (url.clone(), next.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut seen = Vec::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
+                    let response = http.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    seen.push(
+                        response.headers()["x-echo-app"]
+                            .to_str()
+                            .unwrap()
+                            .to_string(),
+                    );
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut counts = HashMap::new();
+    for worker in workers {
+        for name in worker.await.unwrap() {
+            *counts.entry(name).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peak_ewma_sends_a_slow_instance_under_a_tenth_where_round_robin_sends_a_third() {
+    let instances = three_instances();
+    let (round_robin, _rr) = caller(&instances, "roundRobin");
+    let (peak_ewma, _pe) = caller(&instances, "peakEwma");
+    let rr = spread(&round_robin, 300).await;
+    assert_eq!(rr.values().sum::<usize>(), 300);
+    assert_eq!(
+        rr.get("b-2"),
+        Some(&100),
+        "round robin: a third each {rr:?}"
+    );
+    let ewma = spread(&peak_ewma, 300).await;
+    assert_eq!(ewma.values().sum::<usize>(), 300);
+    let slow = ewma.get("b-2").copied().unwrap_or(0);
+    let clusters = get_json(peak_ewma.admin_url("/clusters")).await;
+    assert!(
+        slow < 30,
+        "peak-EWMA sent the slow instance {slow} of 300: {ewma:?}\n{clusters}"
+    );
+    assert!(
+        ewma.get("b-0").copied().unwrap_or(0) > 100 && ewma.get("b-1").copied().unwrap_or(0) > 100,
+        "the fast ones share the rest: {ewma:?}"
+    );
+    let slow_address = format!("127.0.0.1:{}", instances.sidecars[2].mesh.port());
+    let shown = clusters["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == slow_address.as_str())
+        .unwrap_or_else(|| panic!("{clusters}"));
+    assert!(
+        shown["peak_ewma_us"].as_f64().unwrap() >= 20_000.0,
+        "the slow one's estimate is shown: {shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_request_answers_every_call_across_the_instances() {
+    let instances = three_instances();
+    let (least_request, _lr) = caller(&instances, "leastRequest");
+    let counts = spread(&least_request, 150).await;
+    assert_eq!(counts.values().sum::<usize>(), 150);
+    assert_eq!(counts.len(), 3, "every instance served some: {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_load_balancer_is_a_startup_error_naming_the_field() {
+    let registry = tempfile::tempdir().unwrap();
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(
+        resources.path().join("cluster.yaml"),
+        "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec:\n  loadBalancer: fastest\n  endpoints: [{address: 127.0.0.1:1}]\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(outrigger_bin())
+        .args(["sidecar", "--app-id", "a", "--no-discovery"])
+        .args([
+            "--dapr-http-port",
+            "0",
+            "--mesh-port",
+            "0",
+            "--admin-port",
+            "0",
+        ])
+        .arg("--registry-dir")
+        .arg(registry.path())
+        .arg("--resources-path")
+        .arg(resources.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cluster.yaml:5:17: spec.loadBalancer: unknown variant `fastest`"),
+        "{stderr}"
+    );
+}
