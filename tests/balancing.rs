@@ -42,6 +42,11 @@ fn three_instances() -> ThreeInstances {
 
 /// A caller sidecar whose cluster `b` has the three instances and `policy`.
 fn caller(instances: &ThreeInstances, policy: &str) -> (SidecarProc, tempfile::TempDir) {
+    caller_with(instances, &format!("loadBalancer: {policy}"))
+}
+
+/// The same, with `spec` lines (`loadBalancer: …`, `hashOn: …`) for the cluster.
+fn caller_with(instances: &ThreeInstances, spec: &str) -> (SidecarProc, tempfile::TempDir) {
     let resources = tempfile::tempdir().unwrap();
     let endpoints: Vec<String> = instances
         .sidecars
@@ -51,7 +56,8 @@ fn caller(instances: &ThreeInstances, policy: &str) -> (SidecarProc, tempfile::T
     std::fs::write(
         resources.path().join("cluster.yaml"),
         format!(
-            "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b}}\nspec:\n  loadBalancer: {policy}\n  endpoints: [{}]\n",
+            "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b}}\nspec:\n  {}\n  endpoints: [{}]\n",
+            spec.replace('\n', "\n  "),
             endpoints.join(", ")
         ),
     )
@@ -172,6 +178,96 @@ async fn an_unknown_load_balancer_is_a_startup_error_naming_the_field() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("cluster.yaml:5:17: spec.loadBalancer: unknown variant `fastest`"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ring_hash_sends_each_key_to_one_instance_and_keyless_calls_round_robin() {
+    let instances = three_instances();
+    let (ring, _r) = caller_with(
+        &instances,
+        "loadBalancer: ringHash\nhashOn: {header: x-user}",
+    );
+    let (by_query, _q) = caller_with(
+        &instances,
+        "loadBalancer: ringHash\nhashOn: {query: metadata.partitionKey}",
+    );
+    let http = client();
+    let mut owners = HashMap::new();
+    for round in 0..3 {
+        for user in 0..30 {
+            let response = http
+                .get(ring.url("/v1.0/invoke/b/method/who"))
+                .header("x-user", format!("user-{user}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let served = response.headers()["x-echo-app"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let first = owners.entry(user).or_insert_with(|| served.clone());
+            assert_eq!(*first, served, "user-{user} moved in round {round}");
+        }
+    }
+    let distinct: std::collections::HashSet<_> = owners.values().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "30 keys spread over the three: {owners:?}"
+    );
+    // The same key as a query parameter lands where the header did: one ring, one hash.
+    for user in 0..30 {
+        let response = http
+            .get(by_query.url(&format!(
+                "/v1.0/invoke/b/method/who?metadata.partitionKey=user-{user}"
+            )))
+            .send()
+            .await
+            .unwrap();
+        let served = response.headers()["x-echo-app"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(owners[&user], served, "user-{user} by query");
+    }
+    // Without the header: round robin.
+    let keyless = spread(&ring, 30).await;
+    assert_eq!(keyless.values().sum::<usize>(), 30);
+    assert_eq!(keyless.len(), 3, "{keyless:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ring_hash_without_hash_on_is_a_startup_error_naming_the_field() {
+    let registry = tempfile::tempdir().unwrap();
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(
+        resources.path().join("cluster.yaml"),
+        "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec:\n  loadBalancer: ringHash\n  endpoints: [{address: 127.0.0.1:1}]\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(outrigger_bin())
+        .args(["sidecar", "--app-id", "a", "--no-discovery"])
+        .args([
+            "--dapr-http-port",
+            "0",
+            "--mesh-port",
+            "0",
+            "--admin-port",
+            "0",
+        ])
+        .arg("--registry-dir")
+        .arg(registry.path())
+        .arg("--resources-path")
+        .arg(resources.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cluster.yaml:1:1: cluster \"b\": spec.hashOn: ringHash needs hashOn: {header: NAME} or {query: NAME}"),
         "{stderr}"
     );
 }

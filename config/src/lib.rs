@@ -21,4 +21,4 @@ pub mod subscription;
 pub use error::LoadError;
 pub use loader::{load_dir, load_dir_unchecked, load_dir_with_sources, load_str, Sources};
 pub use route::{HeaderMatch, HeaderRewrite, Route, RouteMatch, RouteRule, WeightedCluster};
-pub use snapshot::{Cluster, Endpoint, LoadBalancer, Policies, Snapshot, SnapshotError};
+pub use snapshot::{Cluster, Endpoint, HashOn, LoadBalancer, Policies, Snapshot, SnapshotError};

@@ -129,7 +129,8 @@ fn check(snapshot: Snapshot, origins: Origins) -> Result<Snapshot, LoadError> {
     snapshot.validate().map_err(|e| {
         let key = match &e {
             SnapshotError::InvalidRoute { route, .. } => ("Route", route.clone()),
-            SnapshotError::EmptyCluster { cluster } => ("Cluster", cluster.clone()),
+            SnapshotError::EmptyCluster { cluster }
+            | SnapshotError::InvalidCluster { cluster, .. } => ("Cluster", cluster.clone()),
             SnapshotError::UnknownPolicy { resiliency, .. } => ("Resiliency", resiliency.clone()),
             SnapshotError::InvalidComponent { component, .. } => ("Component", component.clone()),
             SnapshotError::InvalidSubscription { subscription, .. } => {
@@ -256,6 +257,7 @@ fn load_file(builder: &mut Builder, file: &Path, text: &str) -> Result<(), LoadE
                 let cluster = Cluster {
                     name: name.clone(),
                     load_balancer: resource.spec.load_balancer,
+                    hash_on: resource.spec.hash_on,
                     endpoints: resource
                         .spec
                         .endpoints

@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::dapr::ObjectMeta;
 use crate::route::{RouteRule, WeightedCluster};
-use crate::snapshot::LoadBalancer;
+use crate::snapshot::{HashOn, LoadBalancer};
 
 pub const API_VERSION: &str = "outrigger.dev/v1alpha1";
 
@@ -28,6 +28,8 @@ pub struct ClusterResource {
 pub struct ClusterSpec {
     #[serde(default)]
     pub load_balancer: LoadBalancer,
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
     pub endpoints: Vec<EndpointSpec>,
 }
 

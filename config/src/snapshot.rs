@@ -33,7 +33,21 @@ pub struct Snapshot {
 pub struct Cluster {
     pub name: String,
     pub load_balancer: LoadBalancer,
+    /// What `ringHash` hashes; required with it, refused without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// The request part a `ringHash` cluster hashes (`Cluster.spec.hashOn`): a header
+/// (`{header: x-user}`) or a query parameter (`{query: metadata.partitionKey}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HashOn {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,6 +70,9 @@ pub enum LoadBalancer {
     /// Power of two choices over Linkerd's peak-EWMA cost: the latency estimate (peaks taken
     /// at once, decaying over 10 s; 30 ms before any sample) × (requests in flight + 1).
     PeakEwma,
+    /// Consistent hashing on a ring (`hashOn` names the key): the same key goes to the same
+    /// endpoint, and an endpoint joining or leaving moves about 1/N of the keys.
+    RingHash,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -71,6 +88,12 @@ pub enum SnapshotError {
     InvalidRoute { route: String, detail: String },
     #[error("cluster {cluster:?}: endpoints: a cluster needs at least one endpoint")]
     EmptyCluster { cluster: String },
+    #[error("cluster {cluster:?}: {field}: {detail}")]
+    InvalidCluster {
+        cluster: String,
+        field: &'static str,
+        detail: &'static str,
+    },
     /// A component the sidecar cannot open (bad metadata); the text names component and field.
     #[error("{detail}")]
     InvalidComponent { component: String, detail: String },
@@ -98,6 +121,27 @@ impl Snapshot {
             if cluster.endpoints.is_empty() {
                 return Err(SnapshotError::EmptyCluster {
                     cluster: cluster.name.clone(),
+                });
+            }
+            let ring = cluster.load_balancer == LoadBalancer::RingHash;
+            if let Some(on) = &cluster.hash_on {
+                if on.header.is_some() == on.query.is_some() {
+                    return Err(SnapshotError::InvalidCluster {
+                        cluster: cluster.name.clone(),
+                        field: "spec.hashOn",
+                        detail: "give exactly one of header or query",
+                    });
+                }
+            }
+            if ring != cluster.hash_on.is_some() {
+                return Err(SnapshotError::InvalidCluster {
+                    cluster: cluster.name.clone(),
+                    field: "spec.hashOn",
+                    detail: if ring {
+                        "ringHash needs hashOn: {header: NAME} or {query: NAME}"
+                    } else {
+                        "hashOn is only read with loadBalancer: ringHash"
+                    },
                 });
             }
         }

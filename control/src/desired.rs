@@ -146,6 +146,7 @@ fn endpoints(registered: &[Registered]) -> Vec<Cluster> {
             Cluster {
                 name,
                 load_balancer: LoadBalancer::RoundRobin,
+                hash_on: None,
                 endpoints,
             }
         })

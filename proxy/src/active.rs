@@ -68,7 +68,8 @@ impl ActiveConfig {
                 let target = match previous.and_then(|p| p.clusters.get(&cluster.name)) {
                     Some(existing)
                         if existing.endpoints.same_members(&targets)
-                            && existing.endpoints.policy == cluster.load_balancer =>
+                            && existing.endpoints.policy == cluster.load_balancer
+                            && existing.endpoints.hash_on == cluster.hash_on =>
                     {
                         existing.clone()
                     }
@@ -77,6 +78,7 @@ impl ActiveConfig {
                             context.endpoints,
                             targets,
                             cluster.load_balancer,
+                            cluster.hash_on.clone(),
                         )),
                         metrics: context.metrics.app(Direction::Outbound, &cluster.name),
                     }),

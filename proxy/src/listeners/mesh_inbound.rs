@@ -78,6 +78,7 @@ impl Service for MeshInbound {
             protocol: app.protocol,
             head_timeout: None,
             connect_timeout: options.connect_timeout,
+            hash_key: None,
         };
         let status = match request.forward(&target, &edits).await {
             Ok(status) => status,

@@ -366,6 +366,7 @@ async fn post(
         protocol: app.protocol,
         head_timeout: None,
         connect_timeout: shared.options.connect_timeout,
+        hash_key: None,
     };
     let started = Instant::now();
     let result = call::call(

@@ -116,6 +116,7 @@ async fn ask(shared: &Shared) -> Result<Option<Bytes>, String> {
         protocol: app.protocol,
         head_timeout: None,
         connect_timeout: shared.options.connect_timeout,
+        hash_key: None,
     };
     let reply = call::call(
         &target,

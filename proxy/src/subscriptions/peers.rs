@@ -53,6 +53,7 @@ pub(crate) async fn fan_out(shared: &Shared, pubsub: &str, message: OutgoingMess
                 protocol: options.mesh_protocol,
                 head_timeout: Some(PEER_TIMEOUT),
                 connect_timeout: options.connect_timeout,
+                hash_key: None,
             };
             let request = call::request(
                 Method::POST,

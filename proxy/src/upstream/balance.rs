@@ -9,12 +9,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use outrigger_config::LoadBalancer;
+use outrigger_config::{HashOn, LoadBalancer};
 
 use super::endpoint::{Endpoint, Endpoints};
 
-fn balancer(policy: LoadBalancer) -> Box<dyn Balance> {
+fn balancer(policy: LoadBalancer, members: &[Member]) -> Box<dyn Balance> {
     match policy {
+        LoadBalancer::RingHash => Box::new(RingHash::new(members)),
         LoadBalancer::RoundRobin => Box::new(RoundRobin::default()),
         LoadBalancer::LeastRequest => Box::new(PowerOfTwo {
             cost: least_request_cost,
@@ -32,9 +33,10 @@ pub(crate) struct Member {
     pub(crate) weight: u32,
 }
 
-/// Picks the index of the next member, skipping the ones in `tried`.
+/// Picks the index of the next member, skipping the ones in `tried`. `key` is the request's
+/// hash key, for the policies that hash (`None` when the request has none).
 pub(crate) trait Balance: Send + Sync {
-    fn pick(&self, members: &[Member], tried: &[usize]) -> Option<usize>;
+    fn pick(&self, members: &[Member], tried: &[usize], key: Option<u64>) -> Option<usize>;
 }
 
 /// Weighted round robin: with equal weights, plain rotation; otherwise each endpoint gets
@@ -45,7 +47,7 @@ pub(crate) struct RoundRobin {
 }
 
 impl Balance for RoundRobin {
-    fn pick(&self, members: &[Member], tried: &[usize]) -> Option<usize> {
+    fn pick(&self, members: &[Member], tried: &[usize], _key: Option<u64>) -> Option<usize> {
         if members.is_empty() || tried.len() >= members.len() {
             return None;
         }
@@ -71,7 +73,7 @@ struct PowerOfTwo {
 }
 
 impl Balance for PowerOfTwo {
-    fn pick(&self, members: &[Member], tried: &[usize]) -> Option<usize> {
+    fn pick(&self, members: &[Member], tried: &[usize], _key: Option<u64>) -> Option<usize> {
         let open: Vec<usize> = (0..members.len()).filter(|i| !tried.contains(i)).collect();
         match open.len() {
             0 => None,
@@ -96,6 +98,66 @@ impl Balance for PowerOfTwo {
     }
 }
 
+/// Consistent hashing (ketama-style): each member owns `POINTS_PER_WEIGHT × weight` points
+/// on a ring of u64 hashes of `address#i`; a key goes to the owner of the first point at or
+/// after its hash. Adding a member takes over only the arcs its points land on — about 1/N of
+/// the keys. A request with no key goes round robin; a tried owner passes to the next owner
+/// along the ring.
+struct RingHash {
+    ring: Vec<(u64, usize)>,
+    fallback: RoundRobin,
+}
+
+const POINTS_PER_WEIGHT: u32 = 160;
+/// The most points a ring holds (weights beyond are scaled down), so a ring is bounded.
+const MAX_RING_POINTS: usize = 100_000;
+
+impl RingHash {
+    fn new(members: &[Member]) -> RingHash {
+        let total: u64 = members.iter().map(|m| u64::from(m.weight.max(1))).sum();
+        let scale =
+            (MAX_RING_POINTS as f64 / (total * u64::from(POINTS_PER_WEIGHT)) as f64).min(1.0);
+        let mut ring = Vec::new();
+        for (index, member) in members.iter().enumerate() {
+            let points = (f64::from(member.weight.max(1) * POINTS_PER_WEIGHT) * scale).max(1.0);
+            for point in 0..points as u32 {
+                ring.push((
+                    hash_key(&format!("{}#{point}", member.endpoint.address)),
+                    index,
+                ));
+            }
+        }
+        ring.sort_unstable();
+        RingHash {
+            ring,
+            fallback: RoundRobin::default(),
+        }
+    }
+}
+
+impl Balance for RingHash {
+    fn pick(&self, members: &[Member], tried: &[usize], key: Option<u64>) -> Option<usize> {
+        let Some(key) = key else {
+            return self.fallback.pick(members, tried, None);
+        };
+        if self.ring.is_empty() || tried.len() >= members.len() {
+            return None;
+        }
+        let start = self.ring.partition_point(|(point, _)| *point < key);
+        (0..self.ring.len())
+            .map(|i| self.ring[(start + i) % self.ring.len()].1)
+            .find(|index| !tried.contains(index))
+    }
+}
+
+/// A stable 64-bit hash (the same in every sidecar built from the same source).
+pub(crate) fn hash_key(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn least_request_cost(endpoint: &Endpoint) -> f64 {
     f64::from(endpoint.stats.in_flight.load(Ordering::Relaxed))
 }
@@ -115,6 +177,8 @@ fn slot_owner(members: &[Member], slot: usize) -> usize {
 pub(crate) struct EndpointSet {
     pub(crate) members: Vec<Member>,
     pub(crate) policy: LoadBalancer,
+    /// What a `ringHash` set hashes.
+    pub(crate) hash_on: Option<HashOn>,
     balancer: Box<dyn Balance>,
 }
 
@@ -122,7 +186,7 @@ impl EndpointSet {
     /// A round-robin set over `(address, weight)` pairs (sorted, so that the same members
     /// always make the same set).
     pub(crate) fn round_robin(endpoints: &Endpoints, targets: Vec<(String, u32)>) -> Self {
-        EndpointSet::new(endpoints, targets, LoadBalancer::RoundRobin)
+        EndpointSet::new(endpoints, targets, LoadBalancer::RoundRobin, None)
     }
 
     /// A set over `(address, weight)` pairs with the given policy.
@@ -130,18 +194,21 @@ impl EndpointSet {
         endpoints: &Endpoints,
         mut targets: Vec<(String, u32)>,
         policy: LoadBalancer,
+        hash_on: Option<HashOn>,
     ) -> Self {
         targets.sort();
+        let members: Vec<Member> = targets
+            .into_iter()
+            .map(|(address, weight)| Member {
+                endpoint: endpoints.get(&address),
+                weight,
+            })
+            .collect();
         EndpointSet {
             policy,
-            members: targets
-                .into_iter()
-                .map(|(address, weight)| Member {
-                    endpoint: endpoints.get(&address),
-                    weight,
-                })
-                .collect(),
-            balancer: balancer(policy),
+            hash_on,
+            balancer: balancer(policy, &members),
+            members,
         }
     }
 
@@ -156,7 +223,16 @@ impl EndpointSet {
     }
 
     pub(crate) fn pick(&self, tried: &[usize]) -> Option<(usize, &Arc<Endpoint>)> {
-        let index = self.balancer.pick(&self.members, tried)?;
+        self.pick_for(tried, None)
+    }
+
+    /// The same, for a request with this hash key.
+    pub(crate) fn pick_for(
+        &self,
+        tried: &[usize],
+        key: Option<u64>,
+    ) -> Option<(usize, &Arc<Endpoint>)> {
+        let index = self.balancer.pick(&self.members, tried, key)?;
         Some((index, &self.members[index].endpoint))
     }
 
@@ -222,7 +298,7 @@ mod tests {
         let targets = (0..n)
             .map(|i| (format!("127.0.0.1:{}", 2000 + i), 1))
             .collect();
-        EndpointSet::new(&endpoints, targets, policy)
+        EndpointSet::new(&endpoints, targets, policy, None)
     }
 
     #[test]
@@ -279,5 +355,55 @@ mod tests {
         let slow = (0..600).filter(|_| set.pick(&[]).unwrap().0 == 2).count();
         // Every pair holding it (two in three) now goes to the slow one.
         assert!((300..=500).contains(&slow), "{slow} of 600");
+    }
+
+    #[test]
+    fn ring_hash_keeps_keys_in_place_and_a_joining_endpoint_takes_about_a_quarter() {
+        let endpoints = Endpoints::default();
+        let targets = |n: usize| -> Vec<(String, u32)> {
+            (0..n)
+                .map(|i| (format!("10.0.0.{}:15008", i + 1), 1))
+                .collect()
+        };
+        let three = EndpointSet::new(&endpoints, targets(3), LoadBalancer::RingHash, None);
+        let four = EndpointSet::new(&endpoints, targets(4), LoadBalancer::RingHash, None);
+        let owner = |set: &EndpointSet, key: &str| {
+            let (_, endpoint) = set.pick_for(&[], Some(hash_key(key))).unwrap();
+            endpoint.address.clone()
+        };
+        let keys: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
+        let mut moved = 0;
+        let mut counts = std::collections::HashMap::new();
+        for key in &keys {
+            let before = owner(&three, key);
+            assert_eq!(
+                owner(&three, key),
+                before,
+                "the same key, the same endpoint"
+            );
+            *counts.entry(before.clone()).or_insert(0) += 1;
+            let after = owner(&four, key);
+            if after != before {
+                moved += 1;
+                assert_eq!(
+                    after, "10.0.0.4:15008",
+                    "a moved key moves to the new endpoint"
+                );
+            }
+        }
+        assert!(
+            (300..=700).contains(&moved),
+            "{moved} of 2000 keys moved (1/4 is 500)"
+        );
+        assert!(counts.values().all(|c| *c > 450), "spread: {counts:?}");
+        // A tried owner passes the key along the ring; no key falls back to rotation.
+        let (first, _) = three.pick_for(&[], Some(hash_key("user-1"))).unwrap();
+        let (next, _) = three.pick_for(&[first], Some(hash_key("user-1"))).unwrap();
+        assert_ne!(first, next);
+        assert!(three.pick_for(&[0, 1, 2], Some(1)).is_none());
+        let rotation: Vec<usize> = (0..3)
+            .map(|_| three.pick_for(&[], None).unwrap().0)
+            .collect();
+        assert_eq!(rotation, vec![0, 1, 2]);
     }
 }

@@ -43,6 +43,29 @@ pub(crate) struct Target<'a> {
     /// Bounds the wait for the response head (a route rule's timeout).
     pub(crate) head_timeout: Option<Duration>,
     pub(crate) connect_timeout: Duration,
+    /// The request's key for a `ringHash` set ([`hash_key_of`]); `None` otherwise.
+    pub(crate) hash_key: Option<u64>,
+}
+
+/// A request's `ringHash` key: the named header's value, or the named query parameter of the
+/// method path (`metadata.partitionKey`); `None` when the request carries none.
+pub(crate) fn hash_key_of<D: crate::listeners::Downstream>(
+    on: &outrigger_config::HashOn,
+    request: &D,
+    target: &crate::blocks::invoke::InvokeTarget,
+) -> Option<u64> {
+    let value = match (&on.header, &on.query) {
+        (Some(name), _) => request.header_str(name)?.to_string(),
+        (None, Some(name)) => {
+            let (_, query) = target.path_and_query.split_once('?')?;
+            query.split('&').find_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (key == name).then(|| value.to_string())
+            })?
+        }
+        (None, None) => return None,
+    };
+    Some(super::balance::hash_key(&value))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +201,7 @@ async fn h1_to_h1(
     let mut tried = Vec::new();
     let mut last = None;
     loop {
-        let Some((index, endpoint)) = target.set.pick(&tried) else {
+        let Some((index, endpoint)) = target.set.pick_for(&tried, target.hash_key) else {
             return Err(last.unwrap_or(Failure {
                 error: UpstreamError::NoEndpoint,
                 address: None,
@@ -264,7 +287,7 @@ async fn h2_sender(
     let mut tried = Vec::new();
     let mut last = None;
     loop {
-        let Some((index, endpoint)) = target.set.pick(&tried) else {
+        let Some((index, endpoint)) = target.set.pick_for(&tried, target.hash_key) else {
             return Err(last.unwrap_or(Failure {
                 error: UpstreamError::NoEndpoint,
                 address: None,
@@ -593,7 +616,7 @@ where
     let mut tried = Vec::new();
     let mut last = None;
     let (endpoint, mut conn, started) = loop {
-        let Some((index, endpoint)) = target.set.pick(&tried) else {
+        let Some((index, endpoint)) = target.set.pick_for(&tried, target.hash_key) else {
             return Err(last.unwrap_or(Failure {
                 error: UpstreamError::NoEndpoint,
                 address: None,

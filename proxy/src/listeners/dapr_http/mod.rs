@@ -142,11 +142,17 @@ impl DaprHttp {
             add_more: rule.map_or(&[], |r| r.rewrite.add.as_slice()),
             default_host: Some(&target.app_id),
         };
+        let hash_key = resolved
+            .endpoints
+            .hash_on
+            .as_ref()
+            .and_then(|on| crate::upstream::forward::hash_key_of(on, request, &target));
         let upstream = Target {
             set: &resolved.endpoints,
             protocol: options.mesh_protocol,
             head_timeout: rule.and_then(|r| r.timeout),
             connect_timeout: options.connect_timeout,
+            hash_key,
         };
         let status = match request.forward(&upstream, &edits).await {
             Ok(status) => status,
