@@ -271,3 +271,46 @@ async fn ring_hash_without_hash_on_is_a_startup_error_naming_the_field() {
         "{stderr}"
     );
 }
+
+/// A `Resiliency` timeout for the target app bounds invocations of it: 504 naming the app, the
+/// instance and the limit; a quick call is unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resiliency_timeout_for_the_target_app_answers_504_naming_it() {
+    let instances = three_instances();
+    let resources = tempfile::tempdir().unwrap();
+    let endpoint = format!("127.0.0.1:{}", instances.sidecars[0].mesh.port());
+    std::fs::write(
+        resources.path().join("mesh.yaml"),
+        format!(
+            "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b}}\nspec:\n  endpoints: [{{address: {endpoint}}}]\n---\napiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {{name: limits}}\nspec:\n  policies:\n    timeouts: {{fast: 100ms}}\n  targets:\n    apps:\n      b: {{timeout: fast}}\n"
+        ),
+    )
+    .unwrap();
+    let caller = SidecarBuilder::new("a", instances.registry.path())
+        .arg("--no-discovery")
+        .arg("--resources-path")
+        .arg(resources.path().to_str().unwrap())
+        .start();
+    let started = std::time::Instant::now();
+    let response = client()
+        .get(caller.url("/v1.0/invoke/b/method/slow?ms=2000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["errorCode"], "ERR_DIRECT_INVOKE");
+    assert_eq!(
+        body["message"],
+        format!(
+            "failed to invoke, id: b, err: no response from {endpoint} within the timeout of 100ms"
+        )
+    );
+    let quick = client()
+        .get(caller.url("/v1.0/invoke/b/method/slow?ms=5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(quick.status(), 200);
+}

@@ -132,7 +132,7 @@ async fn a_rule_timeout_answers_504_naming_the_app_and_the_limit() {
         "{message}"
     );
     assert!(
-        message.ends_with("within the route timeout of 300ms"),
+        message.ends_with("within the timeout of 300ms"),
         "{message}"
     );
     // A quick call on the same rule is unaffected.

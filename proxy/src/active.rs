@@ -29,6 +29,9 @@ pub(crate) struct ActiveConfig {
     pub(crate) state_stores: HashMap<String, Arc<StateComponent>>,
     /// The pub/sub brokers this app may use, by component name.
     pub(crate) pubsubs: HashMap<String, Arc<PubSubEntry>>,
+    /// `Resiliency` timeouts for invocations, by target app id (`targets.apps.<id>.timeout`
+    /// of the resources that apply to this app).
+    pub(crate) app_timeouts: HashMap<String, std::time::Duration>,
 }
 
 /// Where one invocation goes: the endpoints, the route rule that chose them (for its timeout
@@ -98,13 +101,20 @@ impl ActiveConfig {
                 (app.clone(), CompiledRoute::compile(route, &sets, metrics))
             })
             .collect();
+        let app_timeouts = app_timeouts(&snapshot, context.app_id);
         Ok(ActiveConfig {
+            app_timeouts,
             snapshot,
             clusters,
             routes,
             state_stores,
             pubsubs,
         })
+    }
+
+    /// The timeout a `Resiliency` policy sets on invocations of `app_id`, if one does.
+    pub(crate) fn app_timeout(&self, app_id: &str) -> Option<std::time::Duration> {
+        self.app_timeouts.get(app_id).copied()
     }
 
     /// The route rule or cluster that serves `app_id`, if the configuration names one.
@@ -128,4 +138,24 @@ impl ActiveConfig {
             metrics: target.metrics.clone(),
         })
     }
+}
+
+/// `targets.apps.<id>.timeout` of every `Resiliency` that applies to `app_id` (no `scopes`, or
+/// listed in them); the first resource (by name) naming a target wins. Policy names were
+/// checked when the snapshot was validated.
+fn app_timeouts(snapshot: &Snapshot, app_id: &str) -> HashMap<String, std::time::Duration> {
+    let mut timeouts = HashMap::new();
+    for resiliency in snapshot.policies.resiliency.values() {
+        if !resiliency.scopes.is_empty() && !resiliency.scopes.iter().any(|s| s == app_id) {
+            continue;
+        }
+        let policies = &resiliency.spec.policies;
+        for (target, refs) in &resiliency.spec.targets.apps {
+            let Some(timeout) = refs.timeout.as_ref().and_then(|t| policies.timeouts.get(t)) else {
+                continue;
+            };
+            timeouts.entry(target.clone()).or_insert(timeout.0);
+        }
+    }
+    timeouts
 }

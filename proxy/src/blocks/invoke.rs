@@ -87,7 +87,7 @@ pub(crate) fn failed(app_id: &str, failure: &Failure) -> BlockError {
             504,
             ERR_DIRECT_INVOKE,
             format!(
-                "failed to invoke, id: {app_id}, err: no response from {at} within the route timeout of {}",
+                "failed to invoke, id: {app_id}, err: no response from {at} within the timeout of {}",
                 outrigger_config::duration::format(&limit)
             ),
         );

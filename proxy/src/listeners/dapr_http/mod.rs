@@ -150,7 +150,10 @@ impl DaprHttp {
         let upstream = Target {
             set: &resolved.endpoints,
             protocol: options.mesh_protocol,
-            head_timeout: rule.and_then(|r| r.timeout),
+            // A route rule's timeout, else the Resiliency timeout for the target app.
+            head_timeout: rule
+                .and_then(|r| r.timeout)
+                .or_else(|| shared.config.load().app_timeout(&target.app_id)),
             connect_timeout: options.connect_timeout,
             hash_key,
         };
