@@ -463,3 +463,27 @@ pub struct Feature {
     pub name: String,
     pub enabled: bool,
 }
+
+/// `"429,500-599"` (a `retries` policy's `matching.httpStatusCodes`) into inclusive ranges;
+/// each code between 100 and 599.
+pub fn parse_status_codes(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let (low, high) = part.split_once('-').unwrap_or((part, part));
+            let parse = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+            };
+            match (parse(low), parse(high)) {
+                (Some(low), Some(high)) if low <= high => Ok((low, high)),
+                _ => Err(format!(
+                    "{part:?} is not a status code (100-599) or a range such as 500-599"
+                )),
+            }
+        })
+        .collect()
+}

@@ -131,7 +131,10 @@ fn check(snapshot: Snapshot, origins: Origins) -> Result<Snapshot, LoadError> {
             SnapshotError::InvalidRoute { route, .. } => ("Route", route.clone()),
             SnapshotError::EmptyCluster { cluster }
             | SnapshotError::InvalidCluster { cluster, .. } => ("Cluster", cluster.clone()),
-            SnapshotError::UnknownPolicy { resiliency, .. } => ("Resiliency", resiliency.clone()),
+            SnapshotError::UnknownPolicy { resiliency, .. }
+            | SnapshotError::InvalidResiliency { resiliency, .. } => {
+                ("Resiliency", resiliency.clone())
+            }
             SnapshotError::InvalidComponent { component, .. } => ("Component", component.clone()),
             SnapshotError::InvalidSubscription { subscription, .. } => {
                 ("Subscription", subscription.clone())

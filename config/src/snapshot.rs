@@ -88,6 +88,9 @@ pub enum SnapshotError {
     InvalidRoute { route: String, detail: String },
     #[error("cluster {cluster:?}: endpoints: a cluster needs at least one endpoint")]
     EmptyCluster { cluster: String },
+    /// A policy that cannot run (the detail names the field).
+    #[error("resiliency {resiliency:?}: {detail}")]
+    InvalidResiliency { resiliency: String, detail: String },
     #[error("cluster {cluster:?}: {field}: {detail}")]
     InvalidCluster {
         cluster: String,
@@ -155,6 +158,26 @@ impl Snapshot {
         }
         for (name, res) in &self.policies.resiliency {
             let policies = &res.spec.policies;
+            for (retry, policy) in &policies.retries {
+                let invalid = |detail: String| SnapshotError::InvalidResiliency {
+                    resiliency: name.clone(),
+                    detail: format!("policies.retries.{retry}.{detail}"),
+                };
+                if policy.max_retries < -1 {
+                    return Err(invalid(format!(
+                        "maxRetries: {}; expected -1 (forever) or a count from 0",
+                        policy.max_retries
+                    )));
+                }
+                if let Some(codes) = policy
+                    .matching
+                    .as_ref()
+                    .and_then(|m| m.http_status_codes.as_deref())
+                {
+                    crate::dapr::parse_status_codes(codes)
+                        .map_err(|e| invalid(format!("matching.httpStatusCodes: {e}")))?;
+                }
+            }
             let targets = &res.spec.targets;
             let apps = targets
                 .apps

@@ -10,6 +10,7 @@ use outrigger_config::{Snapshot, SnapshotError};
 use crate::components::{open_pubsubs, open_state_stores, PubSubEntry, StateComponent};
 use crate::metrics::{AppMetrics, Direction, Metrics};
 use crate::routing::{CompiledRoute, CompiledRule};
+use crate::upstream::retry::RetrySchedule;
 use crate::upstream::{EndpointSet, Endpoints};
 
 /// Where calls to one app id go when no route rule picks: its endpoints and its metric
@@ -29,9 +30,16 @@ pub(crate) struct ActiveConfig {
     pub(crate) state_stores: HashMap<String, Arc<StateComponent>>,
     /// The pub/sub brokers this app may use, by component name.
     pub(crate) pubsubs: HashMap<String, Arc<PubSubEntry>>,
-    /// `Resiliency` timeouts for invocations, by target app id (`targets.apps.<id>.timeout`
-    /// of the resources that apply to this app).
-    pub(crate) app_timeouts: HashMap<String, std::time::Duration>,
+    /// `Resiliency` policies for invocations, by target app id (`targets.apps.<id>` of the
+    /// resources that apply to this app).
+    pub(crate) app_policies: HashMap<String, Arc<AppPolicy>>,
+}
+
+/// What `Resiliency` says about calls to one app.
+#[derive(Debug, Default)]
+pub(crate) struct AppPolicy {
+    pub(crate) timeout: Option<std::time::Duration>,
+    pub(crate) retry: Option<RetrySchedule>,
 }
 
 /// Where one invocation goes: the endpoints, the route rule that chose them (for its timeout
@@ -101,9 +109,9 @@ impl ActiveConfig {
                 (app.clone(), CompiledRoute::compile(route, &sets, metrics))
             })
             .collect();
-        let app_timeouts = app_timeouts(&snapshot, context.app_id);
+        let app_policies = app_policies(&snapshot, context.app_id)?;
         Ok(ActiveConfig {
-            app_timeouts,
+            app_policies,
             snapshot,
             clusters,
             routes,
@@ -112,9 +120,9 @@ impl ActiveConfig {
         })
     }
 
-    /// The timeout a `Resiliency` policy sets on invocations of `app_id`, if one does.
-    pub(crate) fn app_timeout(&self, app_id: &str) -> Option<std::time::Duration> {
-        self.app_timeouts.get(app_id).copied()
+    /// What `Resiliency` policies say about invocations of `app_id`, if they say anything.
+    pub(crate) fn app_policy(&self, app_id: &str) -> Option<Arc<AppPolicy>> {
+        self.app_policies.get(app_id).cloned()
     }
 
     /// The route rule or cluster that serves `app_id`, if the configuration names one.
@@ -140,22 +148,42 @@ impl ActiveConfig {
     }
 }
 
-/// `targets.apps.<id>.timeout` of every `Resiliency` that applies to `app_id` (no `scopes`, or
-/// listed in them); the first resource (by name) naming a target wins. Policy names were
-/// checked when the snapshot was validated.
-fn app_timeouts(snapshot: &Snapshot, app_id: &str) -> HashMap<String, std::time::Duration> {
-    let mut timeouts = HashMap::new();
+/// `targets.apps.<id>` of every `Resiliency` that applies to `app_id` (no `scopes`, or listed
+/// in them); the first resource (by name) naming a target wins. Policy names were checked when
+/// the snapshot was validated; a retry policy that cannot run is an error naming it.
+fn app_policies(
+    snapshot: &Snapshot,
+    app_id: &str,
+) -> Result<HashMap<String, Arc<AppPolicy>>, SnapshotError> {
+    let mut policies = HashMap::new();
     for resiliency in snapshot.policies.resiliency.values() {
         if !resiliency.scopes.is_empty() && !resiliency.scopes.iter().any(|s| s == app_id) {
             continue;
         }
-        let policies = &resiliency.spec.policies;
+        let named = &resiliency.spec.policies;
         for (target, refs) in &resiliency.spec.targets.apps {
-            let Some(timeout) = refs.timeout.as_ref().and_then(|t| policies.timeouts.get(t)) else {
+            if policies.contains_key(target) {
                 continue;
+            }
+            let timeout = refs
+                .timeout
+                .as_ref()
+                .and_then(|t| named.timeouts.get(t))
+                .map(|t| t.0);
+            let retry = match refs.retry.as_ref() {
+                Some(name) => match named.retries.get(name) {
+                    Some(policy) => Some(RetrySchedule::from_policy(policy).map_err(|detail| {
+                        SnapshotError::InvalidResiliency {
+                            resiliency: resiliency.metadata.name.clone(),
+                            detail: format!("policies.retries.{name}.{detail}"),
+                        }
+                    })?),
+                    None => None,
+                },
+                None => None,
             };
-            timeouts.entry(target.clone()).or_insert(timeout.0);
+            policies.insert(target.clone(), Arc::new(AppPolicy { timeout, retry }));
         }
     }
-    timeouts
+    Ok(policies)
 }

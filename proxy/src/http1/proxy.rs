@@ -55,6 +55,10 @@ pub(crate) enum ForwardError {
     /// The upstream failed in the middle of the response body, after its head was sent.
     #[error("the upstream broke off the response body: {0}")]
     AfterResponse(String),
+    /// The answer's status is one a retry policy retries: nothing of it went to the client,
+    /// and the upstream connection is spent.
+    #[error("answered {0}")]
+    Held(u16),
 }
 
 impl ForwardError {
@@ -115,6 +119,7 @@ pub(crate) async fn exchange(
     down: &mut ServerConn,
     up: &mut ClientConn,
     head_timeout: Option<Duration>,
+    hold: Option<&(dyn Fn(u16) -> bool + Sync)>,
 ) -> Result<Forwarded, ForwardError> {
     up.reused = true;
     let request_was_head = down.head.method == http::Method::HEAD;
@@ -182,6 +187,9 @@ pub(crate) async fn exchange(
         return tunnel(down, up).await;
     }
     let status = up.head.status;
+    if hold.is_some_and(|hold| hold(status)) {
+        return Err(ForwardError::Held(status));
+    }
     let response_body = up.head.body;
     let out = match response_body {
         BodyLength::Chunked | BodyLength::CloseDelimited if client_http10 => {

@@ -79,6 +79,7 @@ impl Service for MeshInbound {
             head_timeout: None,
             connect_timeout: options.connect_timeout,
             hash_key: None,
+            retry: None,
         };
         let status = match request.forward(&target, &edits).await {
             Ok(status) => status,

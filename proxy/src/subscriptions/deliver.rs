@@ -367,6 +367,7 @@ async fn post(
         head_timeout: None,
         connect_timeout: shared.options.connect_timeout,
         hash_key: None,
+        retry: None,
     };
     let started = Instant::now();
     let result = call::call(

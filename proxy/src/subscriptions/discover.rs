@@ -117,6 +117,7 @@ async fn ask(shared: &Shared) -> Result<Option<Bytes>, String> {
         head_timeout: None,
         connect_timeout: shared.options.connect_timeout,
         hash_key: None,
+        retry: None,
     };
     let reply = call::call(
         &target,

@@ -54,6 +54,7 @@ pub(crate) async fn fan_out(shared: &Shared, pubsub: &str, message: OutgoingMess
                 head_timeout: Some(PEER_TIMEOUT),
                 connect_timeout: options.connect_timeout,
                 hash_key: None,
+                retry: None,
             };
             let request = call::request(
                 Method::POST,

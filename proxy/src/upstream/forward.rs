@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::balance::EndpointSet;
 use super::endpoint::{Endpoint, FailureKind, Outcome};
 use super::h2::{Body, BoxError};
+use super::retry::RetrySchedule;
 use crate::http1::client::ClientConn;
 use crate::http1::framing::{put_body, BodyDecoder, BodyLength, Decoded, LAST_CHUNK};
 use crate::http1::head::{self, ConnectionTokens, HeaderEdits, ResponseHead};
@@ -45,6 +46,8 @@ pub(crate) struct Target<'a> {
     pub(crate) connect_timeout: Duration,
     /// The request's key for a `ringHash` set ([`hash_key_of`]); `None` otherwise.
     pub(crate) hash_key: Option<u64>,
+    /// The retry policy for this call (`Resiliency` `targets.apps.<id>.retry`), if any.
+    pub(crate) retry: Option<&'a RetrySchedule>,
 }
 
 /// A request's `ringHash` key: the named header's value, or the named query parameter of the
@@ -200,8 +203,25 @@ async fn h1_to_h1(
     })?;
     let mut tried = Vec::new();
     let mut last = None;
+    // A retry policy applies only to a request that is whole in memory (so it can be sent
+    // again as it was), and only while nothing has gone to the client.
+    let retry = target.retry.filter(|_| whole);
+    let mut retries = 0u32;
     loop {
-        let Some((index, endpoint)) = target.set.pick_for(&tried, target.hash_key) else {
+        let picked = match target.set.pick_for(&tried, target.hash_key) {
+            Some(picked) => Some(picked),
+            None => match retry_wait(retry, retries, down.responded) {
+                // Every instance failed this round: wait out the backoff, then start over.
+                Some(wait) => {
+                    tokio::time::sleep(wait).await;
+                    retries += 1;
+                    tried.clear();
+                    target.set.pick_for(&tried, target.hash_key)
+                }
+                None => None,
+            },
+        };
+        let Some((index, endpoint)) = picked else {
             return Err(last.unwrap_or(Failure {
                 error: UpstreamError::NoEndpoint,
                 address: None,
@@ -209,6 +229,13 @@ async fn h1_to_h1(
         };
         let started = Instant::now();
         let _in_flight = endpoint.begin();
+        // Held back for a retry: a status the policy retries, while retries remain.
+        let hold_status = |status: u16| {
+            retry.is_some_and(|r| r.retries_invocation_status(status))
+                && retry_wait(retry, retries, false).is_some()
+        };
+        let hold: Option<&(dyn Fn(u16) -> bool + Sync)> =
+            retry.map(|_| &hold_status as &(dyn Fn(u16) -> bool + Sync));
         let mut conn = match endpoint.pool.take() {
             Some(conn) => conn,
             None => match connect(endpoint, target.connect_timeout).await {
@@ -223,7 +250,7 @@ async fn h1_to_h1(
             },
         };
         let was_reused = conn.reused;
-        let mut result = proxy::exchange(down, &mut conn, target.head_timeout).await;
+        let mut result = proxy::exchange(down, &mut conn, target.head_timeout, hold).await;
         let idempotent = is_idempotent(&down.head.method);
         if was_reused
             && whole
@@ -237,7 +264,7 @@ async fn h1_to_h1(
             match connect(endpoint, target.connect_timeout).await {
                 Ok(fresh) => {
                     conn = fresh;
-                    result = proxy::exchange(down, &mut conn, target.head_timeout).await;
+                    result = proxy::exchange(down, &mut conn, target.head_timeout, hold).await;
                 }
                 Err(e) => {
                     let failure = Failure::at(UpstreamError::Connect(e), endpoint);
@@ -256,13 +283,55 @@ async fn h1_to_h1(
                 }
                 Ok(done.status)
             }
+            Err(ForwardError::Held(status)) => {
+                report(endpoint, started, Ok(status));
+                drop(conn); // its response body was never read
+                            // Held only while a retry remains (`hold_status`); the fallback never runs.
+                let wait = retry_wait(retry, retries, false).unwrap_or_default();
+                tracing::debug!(endpoint = %endpoint.address, status, retry = retries + 1, ?wait, "retrying");
+                tokio::time::sleep(wait).await;
+                retries += 1;
+                tried.push(index);
+                if tried.len() >= target.set.len() {
+                    tried.clear();
+                }
+                continue;
+            }
             Err(e) => {
                 let failure = Failure::at(e, endpoint);
                 report(endpoint, started, Err(&failure));
-                Err(failure)
+                let again = matches!(
+                    &failure.error,
+                    UpstreamError::Forward(e) if e.is_retryable() || matches!(e, ForwardError::Timeout(_))
+                );
+                match retry_wait(retry, retries, down.responded).filter(|_| again) {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        retries += 1;
+                        tried.push(index);
+                        if tried.len() >= target.set.len() {
+                            tried.clear();
+                        }
+                        last = Some(failure);
+                        continue;
+                    }
+                    None => Err(failure),
+                }
             }
         };
     }
+}
+
+/// Invocation retries a `-1` (forever) policy is held to: a caller is waiting.
+const MAX_INVOCATION_RETRIES: u32 = 10;
+
+/// The wait before the next retry, if the policy has one left and nothing went to the client.
+fn retry_wait(retry: Option<&RetrySchedule>, done: u32, responded: bool) -> Option<Duration> {
+    let retry = retry?;
+    if responded || done >= MAX_INVOCATION_RETRIES {
+        return None;
+    }
+    retry.delay(done + 1)
 }
 
 /// Methods a repeat of which does no more than the first (RFC 9110 §9.2.2): the only ones

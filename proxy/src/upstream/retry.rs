@@ -120,6 +120,17 @@ impl RetrySchedule {
         self.max_retries.map(|max| max.saturating_add(1))
     }
 
+    /// Whether an invocation answered with `status` is retried: the policy's
+    /// `matching.httpStatusCodes`, else any 5xx.
+    pub(crate) fn retries_invocation_status(&self, status: u16) -> bool {
+        match &self.statuses {
+            None => (500..=599).contains(&status),
+            Some(ranges) => ranges
+                .iter()
+                .any(|(low, high)| (*low..=*high).contains(&status)),
+        }
+    }
+
     /// Whether a failure with this status (`None`: no response) is retried at all.
     pub(crate) fn retries_status(&self, status: Option<u16>) -> bool {
         match (status, &self.statuses) {
@@ -131,30 +142,10 @@ impl RetrySchedule {
     }
 }
 
-/// `"429,500-599"` into ranges; each code between 100 and 599.
+/// `"429,500-599"` into ranges (the config crate's reading, so the two never disagree).
 fn parse_statuses(text: &str) -> Result<Vec<(u16, u16)>, String> {
-    let bad = |part: &str| {
-        format!(
-            "matching.httpStatusCodes: {part:?} is not a status code (100-599) or a range such as 500-599"
-        )
-    };
-    text.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|part| {
-            let (low, high) = part.split_once('-').unwrap_or((part, part));
-            let parse = |s: &str| {
-                s.trim()
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|c| (100..=599).contains(c))
-            };
-            match (parse(low), parse(high)) {
-                (Some(low), Some(high)) if low <= high => Ok((low, high)),
-                _ => Err(bad(part)),
-            }
-        })
-        .collect()
+    outrigger_config::dapr::parse_status_codes(text)
+        .map_err(|e| format!("matching.httpStatusCodes: {e}"))
 }
 
 #[cfg(test)]

@@ -147,15 +147,17 @@ impl DaprHttp {
             .hash_on
             .as_ref()
             .and_then(|on| crate::upstream::forward::hash_key_of(on, request, &target));
+        let policy = shared.config.load().app_policy(&target.app_id);
         let upstream = Target {
             set: &resolved.endpoints,
             protocol: options.mesh_protocol,
             // A route rule's timeout, else the Resiliency timeout for the target app.
             head_timeout: rule
                 .and_then(|r| r.timeout)
-                .or_else(|| shared.config.load().app_timeout(&target.app_id)),
+                .or_else(|| policy.as_ref().and_then(|p| p.timeout)),
             connect_timeout: options.connect_timeout,
             hash_key,
+            retry: policy.as_ref().and_then(|p| p.retry.as_ref()),
         };
         let status = match request.forward(&upstream, &edits).await {
             Ok(status) => status,

@@ -1,0 +1,149 @@
+//! Resiliency policies on invocations (`targets.apps.<id>`), with real sidecars and an app
+//! that answers as each test scripts it.
+
+mod support;
+
+use serde_json::json;
+use support::subscriber::{Answer, SubscriberApp};
+use support::*;
+
+struct Pair {
+    _registry: tempfile::TempDir,
+    _resources: tempfile::TempDir,
+    app: SubscriberApp,
+    _b: SidecarProc,
+    a: SidecarProc,
+}
+
+/// App b behind its sidecar; a's sidecar with `resiliency` in its resources.
+async fn pair(resiliency: &str) -> Pair {
+    let registry = tempfile::tempdir().unwrap();
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(resources.path().join("resiliency.yaml"), resiliency).unwrap();
+    let app = SubscriberApp::start(None).await;
+    let b = SidecarBuilder::new("b", registry.path())
+        .app_port(app.port)
+        .start();
+    let a = SidecarBuilder::new("a", registry.path())
+        .arg("--resources-path")
+        .arg(resources.path().to_str().unwrap())
+        .start();
+    Pair {
+        _registry: registry,
+        _resources: resources,
+        app,
+        _b: b,
+        a,
+    }
+}
+
+const POLICY: &str = "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: calls}
+spec:
+  policies:
+    retries:
+      three: {policy: constant, duration: 20ms, maxRetries: 3}
+      twice-on-5xx: {policy: constant, duration: 10ms, maxRetries: 2, matching: {httpStatusCodes: \"500-599\"}}
+  targets:
+    apps:
+      b: {retry: three}
+";
+
+async fn call(pair: &Pair, id: &str) -> (u16, String) {
+    let response = client()
+        .post(pair.a.url("/v1.0/invoke/b/method/work"))
+        .header("content-type", "application/json")
+        .body(json!({ "id": id }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+fn attempts(pair: &Pair, id: &str) -> usize {
+    pair.app
+        .deliveries()
+        .iter()
+        .filter(|d| d.body["id"] == id)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_503s_then_success_reach_the_caller_as_200_after_three_attempts() {
+    let pair = pair(POLICY).await;
+    pair.app.script(|_, _, before| match before {
+        0 | 1 => Answer::status(503, r#"{"busy":true}"#),
+        _ => Answer::status(200, r#"{"done":true}"#),
+    });
+    let (status, body) = call(&pair, "flaky").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, r#"{"done":true}"#);
+    assert_eq!(attempts(&pair, "flaky"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_stop_at_max_retries_and_the_last_answer_goes_to_the_caller() {
+    let pair = pair(POLICY).await;
+    pair.app
+        .script(|_, _, before| Answer::status(503, &format!(r#"{{"attempt":{before}}}"#)));
+    let (status, body) = call(&pair, "down").await;
+    assert_eq!(status, 503);
+    assert_eq!(body, r#"{"attempt":3}"#, "the fourth answer, untouched");
+    assert_eq!(attempts(&pair, "down"), 4, "1 + maxRetries");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn matching_status_codes_leave_a_404_alone() {
+    let pair = pair(&POLICY.replace("b: {retry: three}", "b: {retry: twice-on-5xx}")).await;
+    pair.app.script(|_, body, _| {
+        if body["id"] == "missing" {
+            Answer::status(404, "{}")
+        } else {
+            Answer::status(500, "{}")
+        }
+    });
+    let (status, _) = call(&pair, "missing").await;
+    assert_eq!(status, 404);
+    assert_eq!(attempts(&pair, "missing"), 1, "a 404 is not retried");
+    let (status, _) = call(&pair, "broken").await;
+    assert_eq!(status, 500);
+    assert_eq!(attempts(&pair, "broken"), 3, "a 500 is, twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_retry_policy_is_a_startup_error_naming_the_field() {
+    let registry = tempfile::tempdir().unwrap();
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(
+        resources.path().join("resiliency.yaml"),
+        POLICY.replace(
+            "maxRetries: 3}",
+            "maxRetries: 3, matching: {httpStatusCodes: \"5xx\"}}",
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(outrigger_bin())
+        .args(["sidecar", "--app-id", "a", "--no-discovery"])
+        .args([
+            "--dapr-http-port",
+            "0",
+            "--mesh-port",
+            "0",
+            "--admin-port",
+            "0",
+        ])
+        .arg("--registry-dir")
+        .arg(registry.path())
+        .arg("--resources-path")
+        .arg(resources.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("resiliency.yaml:1:1: resiliency \"calls\": policies.retries.three.matching.httpStatusCodes: \"5xx\" is not a status code"),
+        "{stderr}"
+    );
+}
