@@ -314,3 +314,77 @@ async fn a_resiliency_timeout_for_the_target_app_answers_504_naming_it() {
         .unwrap();
     assert_eq!(quick.status(), 200);
 }
+
+/// Three instances of b under steady load, one killed with SIGKILL: no client request fails
+/// (a retry policy and fail-over cover the calls it held; outlier detection takes it out of
+/// rotation after five consecutive failures), and `/clusters` shows it ejected.
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_an_instance_under_load_fails_no_request_and_ejects_it() {
+    let instances = three_instances();
+    let (caller, resources) = caller(&instances, "roundRobin");
+    std::fs::write(
+        resources.path().join("resiliency.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {name: calls}\nspec:\n  policies:\n    retries:\n      quick: {policy: constant, duration: 10ms, maxRetries: 3}\n  targets:\n    apps:\n      b: {retry: quick}\n",
+    )
+    .unwrap();
+    drop(caller);
+    let caller = SidecarBuilder::new("a", instances.registry.path())
+        .arg("--no-discovery")
+        .arg("--resources-path")
+        .arg(resources.path().to_str().unwrap())
+        .start();
+    let url = caller.url("/v1.0/invoke/b/method/who");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!(
+                            "{} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed = format!("127.0.0.1:{}", instances.sidecars[2].mesh.port());
+    instances.sidecars[2]
+        .proc
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for worker in workers {
+        let (o, f) = worker.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "{ok} calls");
+    let clusters = get_json(caller.admin_url("/clusters")).await;
+    let shown = clusters["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == killed.as_str())
+        .unwrap_or_else(|| panic!("{clusters}"))
+        .clone();
+    assert_eq!(shown["ejected"], true, "{shown}");
+    assert_eq!(shown["ejections"], 1, "{shown}");
+}

@@ -57,6 +57,8 @@ impl Admin {
                     "consecutive_failures": stats.consecutive_failures.load(Ordering::Relaxed),
                     "latency_ewma_us": stats.latency_ewma_us.load(Ordering::Relaxed),
                     "peak_ewma_us": (stats.peak.lock().estimate_ns() / 1000.0).round(),
+                    "ejected": e.is_ejected(),
+                    "ejections": stats.ejections.load(Ordering::Relaxed),
                     "idle_connections": e.pool.idle_count(),
                 })
             })

@@ -226,12 +226,26 @@ impl EndpointSet {
         self.pick_for(tried, None)
     }
 
-    /// The same, for a request with this hash key.
+    /// The same, for a request with this hash key. Endpoints outlier detection ejected are
+    /// skipped — at most a tenth of the set (at least one), and never all that is left.
     pub(crate) fn pick_for(
         &self,
         tried: &[usize],
         key: Option<u64>,
     ) -> Option<(usize, &Arc<Endpoint>)> {
+        if self.members.len() > 1 {
+            let most = (self.members.len() / 10).max(1);
+            let ejected: Vec<usize> = (0..self.members.len())
+                .filter(|i| !tried.contains(i) && self.members[*i].endpoint.is_ejected())
+                .take(most)
+                .collect();
+            if !ejected.is_empty() && tried.len() + ejected.len() < self.members.len() {
+                let skip: Vec<usize> = tried.iter().copied().chain(ejected).collect();
+                if let Some(index) = self.balancer.pick(&self.members, &skip, key) {
+                    return Some((index, &self.members[index].endpoint));
+                }
+            }
+        }
         let index = self.balancer.pick(&self.members, tried, key)?;
         Some((index, &self.members[index].endpoint))
     }
@@ -405,5 +419,31 @@ mod tests {
             .map(|_| three.pick_for(&[], None).unwrap().0)
             .collect();
         assert_eq!(rotation, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn five_consecutive_failures_eject_an_endpoint_from_the_rotation() {
+        let set = policy_set(LoadBalancer::RoundRobin, 3);
+        let failed = super::super::endpoint::Outcome {
+            status: Some(503),
+            latency: std::time::Duration::from_millis(1),
+            failure: None,
+        };
+        for _ in 0..4 {
+            set.members[1].endpoint.report(&failed);
+        }
+        assert!(!set.members[1].endpoint.is_ejected(), "four are not enough");
+        set.members[1].endpoint.report(&failed);
+        assert!(set.members[1].endpoint.is_ejected());
+        let picks: Vec<usize> = (0..6).map(|_| set.pick(&[]).unwrap().0).collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+        // Never all that is left: with the others tried, the ejected one still serves.
+        assert_eq!(set.pick(&[0, 2]).unwrap().0, 1);
+        // At most a tenth of the set (at least one): a second ejection is not honoured.
+        for _ in 0..5 {
+            set.members[2].endpoint.report(&failed);
+        }
+        let picks: Vec<usize> = (0..6).map(|_| set.pick(&[]).unwrap().0).collect();
+        assert!(picks.contains(&2), "{picks:?}");
     }
 }

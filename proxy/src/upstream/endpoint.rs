@@ -78,7 +78,18 @@ pub(crate) struct EndpointStats {
     pub(crate) latency_ewma_us: AtomicU64,
     /// The peak-EWMA latency estimate the `peakEwma` balancer reads.
     pub(crate) peak: Mutex<PeakEwma>,
+    /// Outlier detection: until when this endpoint is ejected, and how often it was.
+    pub(crate) ejected_until: Mutex<Option<Instant>>,
+    pub(crate) ejections: AtomicU32,
 }
+
+/// Envoy's outlier-detection defaults: this many consecutive failures (5xx answers, connect
+/// failures, resets, timeouts) eject an endpoint for the base time × the number of times it
+/// was ejected, at most the longest; sets skip ejected endpoints (at most a tenth of a set, but
+/// at least one — `EndpointSet::pick_for`).
+pub(crate) const EJECT_AFTER_FAILURES: u32 = 5;
+pub(crate) const EJECTION_BASE: Duration = Duration::from_secs(30);
+pub(crate) const EJECTION_LONGEST: Duration = Duration::from_secs(300);
 
 /// Linkerd's peak-EWMA: a latency sample above the estimate replaces it at once (peaks count
 /// in full); one below pulls it down with a weight that decays over [`PEAK_EWMA_DECAY`], so an
@@ -159,7 +170,10 @@ impl Endpoint {
         let failed = outcome.failure.is_some() || outcome.status.is_some_and(|s| s >= 500);
         if failed {
             stats.failures.fetch_add(1, Ordering::Relaxed);
-            stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            let consecutive = stats.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if consecutive >= EJECT_AFTER_FAILURES {
+                self.eject();
+            }
         } else if stats.consecutive_failures.load(Ordering::Relaxed) != 0 {
             stats.consecutive_failures.store(0, Ordering::Relaxed);
         }
@@ -172,6 +186,29 @@ impl Endpoint {
         };
         stats.latency_ewma_us.store(next, Ordering::Relaxed);
         stats.peak.lock().observe(outcome.latency, Instant::now());
+    }
+
+    /// Ejects the endpoint (unless it already is): for 30 s × its ejections so far, at most
+    /// 300 s. Its consecutive failures start over.
+    fn eject(&self) {
+        let now = Instant::now();
+        let mut until = self.stats.ejected_until.lock();
+        if until.is_some_and(|t| t > now) {
+            return;
+        }
+        let times = self.stats.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let time = EJECTION_BASE.saturating_mul(times).min(EJECTION_LONGEST);
+        *until = Some(now + time);
+        self.stats.consecutive_failures.store(0, Ordering::Relaxed);
+        tracing::warn!(endpoint = %self.address, ejections = times, seconds = time.as_secs(), "endpoint ejected after {EJECT_AFTER_FAILURES} consecutive failures");
+    }
+
+    /// Whether outlier detection has the endpoint out of rotation right now.
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.stats
+            .ejected_until
+            .lock()
+            .is_some_and(|t| t > Instant::now())
     }
 
     /// The peak-EWMA cost of sending this endpoint one more request: the latency estimate ×
