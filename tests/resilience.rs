@@ -147,3 +147,29 @@ async fn an_invalid_retry_policy_is_a_startup_error_naming_the_field() {
         "{stderr}"
     );
 }
+
+/// With b failing every call, retries stay within the budget (a fifth of the calls plus ten
+/// a second), not 1 + maxRetries attempts per call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_app_gets_retries_within_the_budget_not_four_times_the_calls() {
+    const CALLS: usize = 300;
+    let pair = pair(&POLICY.replace("duration: 20ms", "duration: 1ms")).await;
+    pair.app.script(|_, _, _| Answer::status(503, "{}"));
+    let started = std::time::Instant::now();
+    for i in 0..CALLS {
+        let (status, _) = call(&pair, &format!("c{i}")).await;
+        assert_eq!(status, 503);
+    }
+    let seconds = started.elapsed().as_secs_f64().ceil();
+    let attempts = pair.app.deliveries().len();
+    let budget = CALLS as f64 * 1.2 + 10.0 * seconds;
+    assert!(
+        (attempts as f64) <= budget,
+        "{attempts} attempts for {CALLS} calls in {seconds} s (budget {budget})"
+    );
+    assert!(attempts > CALLS, "some retries were made: {attempts}");
+    eprintln!(
+        "{attempts} attempts for {CALLS} calls in {seconds} s (without a budget: {})",
+        CALLS * 4
+    );
+}

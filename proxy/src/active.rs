@@ -10,7 +10,7 @@ use outrigger_config::{Snapshot, SnapshotError};
 use crate::components::{open_pubsubs, open_state_stores, PubSubEntry, StateComponent};
 use crate::metrics::{AppMetrics, Direction, Metrics};
 use crate::routing::{CompiledRoute, CompiledRule};
-use crate::upstream::retry::RetrySchedule;
+use crate::upstream::retry::{AppRetry, RetrySchedule};
 use crate::upstream::{EndpointSet, Endpoints};
 
 /// Where calls to one app id go when no route rule picks: its endpoints and its metric
@@ -39,7 +39,7 @@ pub(crate) struct ActiveConfig {
 #[derive(Debug, Default)]
 pub(crate) struct AppPolicy {
     pub(crate) timeout: Option<std::time::Duration>,
-    pub(crate) retry: Option<RetrySchedule>,
+    pub(crate) retry: Option<AppRetry>,
 }
 
 /// Where one invocation goes: the endpoints, the route rule that chose them (for its timeout
@@ -172,12 +172,15 @@ fn app_policies(
                 .map(|t| t.0);
             let retry = match refs.retry.as_ref() {
                 Some(name) => match named.retries.get(name) {
-                    Some(policy) => Some(RetrySchedule::from_policy(policy).map_err(|detail| {
-                        SnapshotError::InvalidResiliency {
-                            resiliency: resiliency.metadata.name.clone(),
-                            detail: format!("policies.retries.{name}.{detail}"),
-                        }
-                    })?),
+                    Some(policy) => Some(AppRetry {
+                        schedule: RetrySchedule::from_policy(policy).map_err(|detail| {
+                            SnapshotError::InvalidResiliency {
+                                resiliency: resiliency.metadata.name.clone(),
+                                detail: format!("policies.retries.{name}.{detail}"),
+                            }
+                        })?,
+                        budget: Default::default(),
+                    }),
                     None => None,
                 },
                 None => None,

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::balance::EndpointSet;
 use super::endpoint::{Endpoint, FailureKind, Outcome};
 use super::h2::{Body, BoxError};
-use super::retry::RetrySchedule;
+use super::retry::AppRetry;
 use crate::http1::client::ClientConn;
 use crate::http1::framing::{put_body, BodyDecoder, BodyLength, Decoded, LAST_CHUNK};
 use crate::http1::head::{self, ConnectionTokens, HeaderEdits, ResponseHead};
@@ -47,7 +47,7 @@ pub(crate) struct Target<'a> {
     /// The request's key for a `ringHash` set ([`hash_key_of`]); `None` otherwise.
     pub(crate) hash_key: Option<u64>,
     /// The retry policy for this call (`Resiliency` `targets.apps.<id>.retry`), if any.
-    pub(crate) retry: Option<&'a RetrySchedule>,
+    pub(crate) retry: Option<&'a AppRetry>,
 }
 
 /// A request's `ringHash` key: the named header's value, or the named query parameter of the
@@ -206,20 +206,25 @@ async fn h1_to_h1(
     // A retry policy applies only to a request that is whole in memory (so it can be sent
     // again as it was), and only while nothing has gone to the client.
     let retry = target.retry.filter(|_| whole);
+    if let Some(retry) = retry {
+        retry.budget.call();
+    }
     let mut retries = 0u32;
     loop {
         let picked = match target.set.pick_for(&tried, target.hash_key) {
             Some(picked) => Some(picked),
-            None => match retry_wait(retry, retries, down.responded) {
-                // Every instance failed this round: wait out the backoff, then start over.
-                Some(wait) => {
-                    tokio::time::sleep(wait).await;
-                    retries += 1;
-                    tried.clear();
-                    target.set.pick_for(&tried, target.hash_key)
+            None => {
+                match retry_wait(retry, retries, down.responded).filter(|_| within_budget(retry)) {
+                    // Every instance failed this round: wait out the backoff, then start over.
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        retries += 1;
+                        tried.clear();
+                        target.set.pick_for(&tried, target.hash_key)
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
         };
         let Some((index, endpoint)) = picked else {
             return Err(last.unwrap_or(Failure {
@@ -230,9 +235,11 @@ async fn h1_to_h1(
         let started = Instant::now();
         let _in_flight = endpoint.begin();
         // Held back for a retry: a status the policy retries, while retries remain.
+        // The budget is paid when the answer is held: a held answer is always retried.
         let hold_status = |status: u16| {
-            retry.is_some_and(|r| r.retries_invocation_status(status))
+            retry.is_some_and(|r| r.schedule.retries_invocation_status(status))
                 && retry_wait(retry, retries, false).is_some()
+                && within_budget(retry)
         };
         let hold: Option<&(dyn Fn(u16) -> bool + Sync)> =
             retry.map(|_| &hold_status as &(dyn Fn(u16) -> bool + Sync));
@@ -286,7 +293,7 @@ async fn h1_to_h1(
             Err(ForwardError::Held(status)) => {
                 report(endpoint, started, Ok(status));
                 drop(conn); // its response body was never read
-                            // Held only while a retry remains (`hold_status`); the fallback never runs.
+                            // Held only while a retry remains (`hold_status`): the fallback never runs.
                 let wait = retry_wait(retry, retries, false).unwrap_or_default();
                 tracing::debug!(endpoint = %endpoint.address, status, retry = retries + 1, ?wait, "retrying");
                 tokio::time::sleep(wait).await;
@@ -304,7 +311,9 @@ async fn h1_to_h1(
                     &failure.error,
                     UpstreamError::Forward(e) if e.is_retryable() || matches!(e, ForwardError::Timeout(_))
                 );
-                match retry_wait(retry, retries, down.responded).filter(|_| again) {
+                match retry_wait(retry, retries, down.responded)
+                    .filter(|_| again && within_budget(retry))
+                {
                     Some(wait) => {
                         tokio::time::sleep(wait).await;
                         retries += 1;
@@ -326,12 +335,17 @@ async fn h1_to_h1(
 const MAX_INVOCATION_RETRIES: u32 = 10;
 
 /// The wait before the next retry, if the policy has one left and nothing went to the client.
-fn retry_wait(retry: Option<&RetrySchedule>, done: u32, responded: bool) -> Option<Duration> {
+fn retry_wait(retry: Option<&AppRetry>, done: u32, responded: bool) -> Option<Duration> {
     let retry = retry?;
     if responded || done >= MAX_INVOCATION_RETRIES {
         return None;
     }
-    retry.delay(done + 1)
+    retry.schedule.delay(done + 1)
+}
+
+/// Takes a retry from the app's budget (call last: a granted retry is spent).
+fn within_budget(retry: Option<&AppRetry>) -> bool {
+    retry.is_some_and(|r| r.budget.try_retry())
 }
 
 /// Methods a repeat of which does no more than the first (RFC 9110 §9.2.2): the only ones

@@ -142,6 +142,77 @@ impl RetrySchedule {
     }
 }
 
+/// A retry policy in force for calls to one app: its schedule and the budget every call to
+/// that app shares.
+#[derive(Debug)]
+pub(crate) struct AppRetry {
+    pub(crate) schedule: RetrySchedule,
+    pub(crate) budget: RetryBudget,
+}
+
+/// Linkerd's retry budget: over a 10 s window, retries may add at most 20 % to the calls plus
+/// 10 a second, so retries can never multiply an overload — with every call failing, the app
+/// sees about 1.2 × the calls, not 1 + maxRetries times.
+#[derive(Debug)]
+pub(crate) struct RetryBudget {
+    window: parking_lot::Mutex<BudgetWindow>,
+}
+
+#[derive(Debug)]
+struct BudgetWindow {
+    started: std::time::Instant,
+    calls: u64,
+    retries: u64,
+}
+
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+const BUDGET_RATIO: f64 = 0.2;
+const BUDGET_MIN_PER_SECOND: f64 = 10.0;
+
+impl Default for RetryBudget {
+    fn default() -> RetryBudget {
+        RetryBudget {
+            window: parking_lot::Mutex::new(BudgetWindow {
+                started: std::time::Instant::now(),
+                calls: 0,
+                retries: 0,
+            }),
+        }
+    }
+}
+
+impl RetryBudget {
+    fn current(&self) -> parking_lot::MutexGuard<'_, BudgetWindow> {
+        let mut window = self.window.lock();
+        if window.started.elapsed() >= BUDGET_WINDOW {
+            *window = BudgetWindow {
+                started: std::time::Instant::now(),
+                calls: 0,
+                retries: 0,
+            };
+        }
+        window
+    }
+
+    /// Counts a call (its first attempt).
+    pub(crate) fn call(&self) {
+        self.current().calls += 1;
+    }
+
+    /// Takes one retry from the budget, if it has one.
+    pub(crate) fn try_retry(&self) -> bool {
+        let mut window = self.current();
+        let seconds = window.started.elapsed().as_secs_f64().max(1.0);
+        let allowed = window.calls as f64 * BUDGET_RATIO + seconds * BUDGET_MIN_PER_SECOND;
+        if (window.retries as f64) < allowed {
+            window.retries += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// `"429,500-599"` into ranges (the config crate's reading, so the two never disagree).
 fn parse_statuses(text: &str) -> Result<Vec<(u16, u16)>, String> {
     outrigger_config::dapr::parse_status_codes(text)
@@ -245,5 +316,16 @@ mod tests {
             constant.budget(),
             Some(Duration::from_secs(3600).saturating_mul(u32::MAX))
         );
+    }
+
+    #[test]
+    fn the_budget_allows_a_fifth_of_the_calls_plus_ten_a_second() {
+        let budget = RetryBudget::default();
+        for _ in 0..100 {
+            budget.call();
+        }
+        // Within the first second: 100 × 0.2 + 10.
+        let granted = (0..100).filter(|_| budget.try_retry()).count();
+        assert_eq!(granted, 30);
     }
 }
