@@ -173,3 +173,97 @@ async fn a_failing_app_gets_retries_within_the_budget_not_four_times_the_calls()
         CALLS * 4
     );
 }
+
+/// `consecutiveFailures > 3`: the fifth call fails fast without reaching the app; after the
+/// breaker's timeout one half-open probe goes through, and its success closes the breaker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_circuit_breaker_opens_fails_fast_probes_once_and_closes() {
+    let pair = pair(
+        "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata: {name: calls}
+spec:
+  policies:
+    circuitBreakers:
+      cb: {maxRequests: 1, timeout: 300ms, trip: consecutiveFailures > 3}
+  targets:
+    apps:
+      b: {circuitBreaker: cb}
+",
+    )
+    .await;
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = healthy.clone();
+    pair.app.script(move |_, _, _| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Answer::status(200, "{}")
+        } else {
+            Answer::status(500, "{}")
+        }
+    });
+    for i in 0..4 {
+        let (status, _) = call(&pair, &format!("f{i}")).await;
+        assert_eq!(status, 500, "call {i} reaches the app and fails");
+    }
+    let (status, body) = call(&pair, "fast").await;
+    assert_eq!(status, 500);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errorCode"], "ERR_DIRECT_INVOKE");
+    assert_eq!(
+        body["message"],
+        "failed to invoke, id: b, err: circuit breaker is open"
+    );
+    assert_eq!(
+        attempts(&pair, "fast"),
+        0,
+        "the fifth call never reached the app"
+    );
+    let clusters = get_json(pair.a.admin_url("/clusters")).await;
+    assert_eq!(
+        clusters["circuit_breakers"],
+        json!([{"name": "b/cb", "state": "open"}]),
+        "{clusters}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, _) = call(&pair, "probe").await;
+    assert_eq!(status, 200, "the half-open probe goes through");
+    assert_eq!(attempts(&pair, "probe"), 1);
+    let (status, _) = call(&pair, "after").await;
+    assert_eq!(status, 200, "closed again");
+    let clusters = get_json(pair.a.admin_url("/clusters")).await;
+    assert_eq!(clusters["circuit_breakers"][0]["state"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_trip_expression_is_a_startup_error_naming_the_field() {
+    let registry = tempfile::tempdir().unwrap();
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(
+        resources.path().join("resiliency.yaml"),
+        "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {name: calls}\nspec:\n  policies:\n    circuitBreakers:\n      cb: {trip: consecutiveFailures >}\n  targets:\n    apps:\n      b: {circuitBreaker: cb}\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(outrigger_bin())
+        .args(["sidecar", "--app-id", "a", "--no-discovery"])
+        .args([
+            "--dapr-http-port",
+            "0",
+            "--mesh-port",
+            "0",
+            "--admin-port",
+            "0",
+        ])
+        .arg("--registry-dir")
+        .arg(registry.path())
+        .arg("--resources-path")
+        .arg(resources.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("resiliency.yaml:1:1: resiliency \"calls\": policies.circuitBreakers.cb.trip: invalid CEL expression \"consecutiveFailures >\""),
+        "{stderr}"
+    );
+}

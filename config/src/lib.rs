@@ -7,6 +7,7 @@
 //! swapped into a running proxy as one atomic value.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod dapr;
 pub mod duration;
 mod error;

@@ -178,6 +178,16 @@ impl Snapshot {
                         .map_err(|e| invalid(format!("matching.httpStatusCodes: {e}")))?;
                 }
             }
+            for (breaker, policy) in &policies.circuit_breakers {
+                if let Some(trip) = &policy.trip {
+                    crate::breaker::Trip::compile(trip).map_err(|e| {
+                        SnapshotError::InvalidResiliency {
+                            resiliency: name.clone(),
+                            detail: format!("policies.circuitBreakers.{breaker}.trip: {e}"),
+                        }
+                    })?;
+                }
+            }
             let targets = &res.spec.targets;
             let apps = targets
                 .apps

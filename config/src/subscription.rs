@@ -119,7 +119,7 @@ impl Routes {
     }
 }
 
-fn compile_expression(expression: &str) -> Result<cel::Program, String> {
+pub(crate) fn compile_expression(expression: &str) -> Result<cel::Program, String> {
     if expression.len() > MAX_EXPRESSION {
         return Err(format!(
             "{} bytes; a CEL expression may have at most {MAX_EXPRESSION}",

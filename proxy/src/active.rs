@@ -10,6 +10,7 @@ use outrigger_config::{Snapshot, SnapshotError};
 use crate::components::{open_pubsubs, open_state_stores, PubSubEntry, StateComponent};
 use crate::metrics::{AppMetrics, Direction, Metrics};
 use crate::routing::{CompiledRoute, CompiledRule};
+use crate::upstream::breaker::{Breaker, Breakers};
 use crate::upstream::retry::{AppRetry, RetrySchedule};
 use crate::upstream::{EndpointSet, Endpoints};
 
@@ -40,6 +41,7 @@ pub(crate) struct ActiveConfig {
 pub(crate) struct AppPolicy {
     pub(crate) timeout: Option<std::time::Duration>,
     pub(crate) retry: Option<AppRetry>,
+    pub(crate) breaker: Option<Arc<Breaker>>,
 }
 
 /// Where one invocation goes: the endpoints, the route rule that chose them (for its timeout
@@ -55,6 +57,7 @@ pub(crate) struct BuildContext<'a> {
     pub(crate) app_id: &'a str,
     pub(crate) endpoints: &'a Endpoints,
     pub(crate) metrics: &'a Metrics,
+    pub(crate) breakers: &'a Breakers,
 }
 
 impl ActiveConfig {
@@ -109,7 +112,7 @@ impl ActiveConfig {
                 (app.clone(), CompiledRoute::compile(route, &sets, metrics))
             })
             .collect();
-        let app_policies = app_policies(&snapshot, context.app_id)?;
+        let app_policies = app_policies(&snapshot, context.app_id, context.breakers)?;
         Ok(ActiveConfig {
             app_policies,
             snapshot,
@@ -154,6 +157,7 @@ impl ActiveConfig {
 fn app_policies(
     snapshot: &Snapshot,
     app_id: &str,
+    breakers: &Breakers,
 ) -> Result<HashMap<String, Arc<AppPolicy>>, SnapshotError> {
     let mut policies = HashMap::new();
     for resiliency in snapshot.policies.resiliency.values() {
@@ -185,7 +189,18 @@ fn app_policies(
                 },
                 None => None,
             };
-            policies.insert(target.clone(), Arc::new(AppPolicy { timeout, retry }));
+            let breaker = refs.circuit_breaker.as_ref().and_then(|name| {
+                let policy = named.circuit_breakers.get(name)?;
+                Some(breakers.get(target, name, policy))
+            });
+            policies.insert(
+                target.clone(),
+                Arc::new(AppPolicy {
+                    timeout,
+                    retry,
+                    breaker,
+                }),
+            );
         }
     }
     Ok(policies)

@@ -68,6 +68,8 @@ pub struct Shared {
     pub(crate) options: SidecarOptions,
     pub(crate) config: ConfigCell,
     pub(crate) endpoints: Arc<Endpoints>,
+    /// Circuit breakers by (target, policy): kept across swaps.
+    pub(crate) breakers: Arc<crate::upstream::breaker::Breakers>,
     pub(crate) registry: Option<Arc<LocalRegistry>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) drain: Drain,
@@ -106,6 +108,7 @@ impl Shared {
             |e: SnapshotError| ProxyError::Config(secrets.scrub(&e.to_string()).into_owned());
         snapshot.validate().map_err(refused)?;
         let endpoints = Arc::new(Endpoints::default());
+        let breakers = Arc::new(crate::upstream::breaker::Breakers::default());
         let metrics = Arc::new(Metrics::new());
         let active = ActiveConfig::build(
             Arc::new(snapshot),
@@ -114,6 +117,7 @@ impl Shared {
                 app_id: &options.app_id,
                 endpoints: &endpoints,
                 metrics: &metrics,
+                breakers: &breakers,
             },
         )
         .map_err(refused)?;
@@ -135,6 +139,7 @@ impl Shared {
             config: ConfigCell::new(active),
             options,
             endpoints,
+            breakers,
             registry,
             metrics,
             drain: Drain::default(),
@@ -160,6 +165,7 @@ impl Shared {
                 app_id: &self.options.app_id,
                 endpoints: &self.endpoints,
                 metrics: &self.metrics,
+                breakers: &self.breakers,
             },
         )?;
         self.config.active.store(Arc::new(next));

@@ -92,6 +92,9 @@ pub(crate) fn failed(app_id: &str, failure: &Failure) -> BlockError {
             ),
         );
     }
+    if matches!(failure.error, crate::upstream::UpstreamError::BreakerOpen) {
+        return BlockError::invoke(app_id, "circuit breaker is open".to_string());
+    }
     BlockError::invoke(app_id, format!("{at}: {}", failure.error))
 }
 

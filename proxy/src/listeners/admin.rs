@@ -64,7 +64,16 @@ impl Admin {
             })
             .collect();
         endpoints.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
-        serde_json::to_vec_pretty(&json!({ "endpoints": endpoints })).unwrap_or_default()
+        let mut breakers: Vec<_> = self
+            .shared
+            .breakers
+            .all()
+            .into_iter()
+            .map(|b| json!({ "name": b.name, "state": b.phase().name() }))
+            .collect();
+        breakers.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        serde_json::to_vec_pretty(&json!({ "endpoints": endpoints, "circuit_breakers": breakers }))
+            .unwrap_or_default()
     }
 }
 

@@ -80,6 +80,7 @@ impl Service for MeshInbound {
             connect_timeout: options.connect_timeout,
             hash_key: None,
             retry: None,
+            breaker: None,
         };
         let status = match request.forward(&target, &edits).await {
             Ok(status) => status,

@@ -368,6 +368,7 @@ async fn post(
         connect_timeout: shared.options.connect_timeout,
         hash_key: None,
         retry: None,
+        breaker: None,
     };
     let started = Instant::now();
     let result = call::call(

@@ -118,6 +118,7 @@ async fn ask(shared: &Shared) -> Result<Option<Bytes>, String> {
         connect_timeout: shared.options.connect_timeout,
         hash_key: None,
         retry: None,
+        breaker: None,
     };
     let reply = call::call(
         &target,

@@ -55,6 +55,7 @@ pub(crate) async fn fan_out(shared: &Shared, pubsub: &str, message: OutgoingMess
                 connect_timeout: options.connect_timeout,
                 hash_key: None,
                 retry: None,
+                breaker: None,
             };
             let request = call::request(
                 Method::POST,

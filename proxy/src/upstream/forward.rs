@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::balance::EndpointSet;
+use super::breaker::Breaker;
 use super::endpoint::{Endpoint, FailureKind, Outcome};
 use super::h2::{Body, BoxError};
 use super::retry::AppRetry;
@@ -48,6 +49,8 @@ pub(crate) struct Target<'a> {
     pub(crate) hash_key: Option<u64>,
     /// The retry policy for this call (`Resiliency` `targets.apps.<id>.retry`), if any.
     pub(crate) retry: Option<&'a AppRetry>,
+    /// The circuit breaker guarding calls to this target, if a policy names one.
+    pub(crate) breaker: Option<&'a Breaker>,
 }
 
 /// A request's `ringHash` key: the named header's value, or the named query parameter of the
@@ -85,6 +88,8 @@ pub(crate) enum UpstreamError {
     Timeout(Duration),
     #[error("malformed request: {0}")]
     BadRequest(String),
+    #[error("circuit breaker is open")]
+    BreakerOpen,
 }
 
 /// How the client ended an exchange it started.
@@ -148,6 +153,43 @@ impl Failure {
             _ if self.timeout().is_some() => FailureKind::Timeout,
             _ => FailureKind::Protocol,
         }
+    }
+}
+
+/// Records an attempt with its endpoint and with the target's circuit breaker (a 5xx or no
+/// answer is a failure; a client's own fault counts as a success: the upstream did nothing
+/// wrong).
+fn attempted(
+    target: &Target<'_>,
+    endpoint: &Endpoint,
+    started: Instant,
+    result: Result<u16, &Failure>,
+) {
+    report(endpoint, started, result);
+    if let Some(breaker) = target.breaker {
+        breaker.record(call_succeeded(result));
+    }
+}
+
+fn call_succeeded(result: Result<u16, &Failure>) -> bool {
+    match result {
+        Ok(status) => status < 500,
+        Err(failure) => failure.client_fault().is_some(),
+    }
+}
+
+/// A call the target's breaker refuses, if it does.
+fn breaker_refuses(target: &Target<'_>) -> Option<Failure> {
+    target.breaker.is_some_and(|b| !b.allow()).then(|| Failure {
+        error: UpstreamError::BreakerOpen,
+        address: None,
+    })
+}
+
+/// Records a whole call (one attempt) with the target's breaker.
+fn breaker_records(target: &Target<'_>, result: Result<u16, &Failure>) {
+    if let Some(breaker) = target.breaker {
+        breaker.record(call_succeeded(result));
     }
 }
 
@@ -232,6 +274,13 @@ async fn h1_to_h1(
                 address: None,
             }));
         };
+        // Each attempt asks the breaker (breaker inside retry, as daprd wraps them).
+        if target.breaker.is_some_and(|b| !b.allow()) {
+            return Err(Failure {
+                error: UpstreamError::BreakerOpen,
+                address: None,
+            });
+        }
         let started = Instant::now();
         let _in_flight = endpoint.begin();
         // Held back for a retry: a status the policy retries, while retries remain.
@@ -249,7 +298,7 @@ async fn h1_to_h1(
                 Ok(conn) => conn,
                 Err(e) => {
                     let failure = Failure::at(UpstreamError::Connect(e), endpoint);
-                    report(endpoint, started, Err(&failure));
+                    attempted(target, endpoint, started, Err(&failure));
                     tried.push(index);
                     last = Some(failure);
                     continue;
@@ -275,7 +324,7 @@ async fn h1_to_h1(
                 }
                 Err(e) => {
                     let failure = Failure::at(UpstreamError::Connect(e), endpoint);
-                    report(endpoint, started, Err(&failure));
+                    attempted(target, endpoint, started, Err(&failure));
                     tried.push(index);
                     last = Some(failure);
                     continue;
@@ -284,14 +333,14 @@ async fn h1_to_h1(
         }
         return match result {
             Ok(done) => {
-                report(endpoint, started, Ok(done.status));
+                attempted(target, endpoint, started, Ok(done.status));
                 if done.reusable {
                     endpoint.pool.put(conn);
                 }
                 Ok(done.status)
             }
             Err(ForwardError::Held(status)) => {
-                report(endpoint, started, Ok(status));
+                attempted(target, endpoint, started, Ok(status));
                 drop(conn); // its response body was never read
                             // Held only while a retry remains (`hold_status`): the fallback never runs.
                 let wait = retry_wait(retry, retries, false).unwrap_or_default();
@@ -306,7 +355,7 @@ async fn h1_to_h1(
             }
             Err(e) => {
                 let failure = Failure::at(e, endpoint);
-                report(endpoint, started, Err(&failure));
+                attempted(target, endpoint, started, Err(&failure));
                 let again = matches!(
                     &failure.error,
                     UpstreamError::Forward(e) if e.is_retryable() || matches!(e, ForwardError::Timeout(_))
@@ -413,11 +462,21 @@ async fn h1_to_h2(
     target: &Target<'_>,
     edits: &HeaderEdits<'_>,
 ) -> Result<u16, Failure> {
-    let (endpoint, mut sender) = h2_sender(target).await?;
+    if let Some(refused) = breaker_refuses(target) {
+        return Err(refused);
+    }
+    let (endpoint, mut sender) = match h2_sender(target).await {
+        Ok(picked) => picked,
+        Err(failure) => {
+            breaker_records(target, Err(&failure));
+            return Err(failure);
+        }
+    };
     let started = Instant::now();
     let _in_flight = endpoint.begin();
     let result = h1_to_h2_exchange(down, &endpoint, &mut sender, target, edits).await;
     report(&endpoint, started, result.as_ref().copied());
+    breaker_records(target, result.as_ref().copied());
     result
 }
 
@@ -614,10 +673,15 @@ where
     B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    match target.protocol {
+    if let Some(refused) = breaker_refuses(target) {
+        return Err(refused);
+    }
+    let result = match target.protocol {
         Protocol::H2c => h2_to_h2(request, target, edits).await,
         Protocol::Http1 => h2_to_h1(request, target, edits).await,
-    }
+    };
+    breaker_records(target, result.as_ref().map(|r| r.status().as_u16()));
+    result
 }
 
 fn to_box_error<E: Into<BoxError>>(e: E) -> BoxError {

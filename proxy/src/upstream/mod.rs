@@ -5,6 +5,7 @@
 //! retry schedules from Dapr `Resiliency` policies ([`retry`]).
 
 pub(crate) mod balance;
+pub(crate) mod breaker;
 pub(crate) mod call;
 pub(crate) mod endpoint;
 pub(crate) mod forward;

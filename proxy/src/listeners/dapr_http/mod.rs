@@ -158,6 +158,7 @@ impl DaprHttp {
             connect_timeout: options.connect_timeout,
             hash_key,
             retry: policy.as_ref().and_then(|p| p.retry.as_ref()),
+            breaker: policy.as_ref().and_then(|p| p.breaker.as_deref()),
         };
         let status = match request.forward(&upstream, &edits).await {
             Ok(status) => status,
