@@ -267,3 +267,71 @@ async fn an_invalid_trip_expression_is_a_startup_error_naming_the_field() {
         "{stderr}"
     );
 }
+
+/// The same breaker on a state store's outbound side: with its Redis down, four failing calls
+/// reach for Redis, the fifth fails fast; once Redis is back, the half-open probe closes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_store_breaker_opens_while_redis_is_down_and_closes_when_it_is_back() {
+    let mut redis = support::backends::RedisServer::start(false);
+    let registry = tempfile::tempdir().unwrap();
+    let resources = tempfile::tempdir().unwrap();
+    std::fs::write(
+        resources.path().join("store.yaml"),
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: statestore}}\nspec:\n  type: state.redis\n  version: v1\n  metadata:\n  - {{name: redisHost, value: \"{}\"}}\n  - {{name: dialTimeout, value: 500ms}}\n---\napiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {{name: store}}\nspec:\n  policies:\n    circuitBreakers:\n      cb: {{maxRequests: 1, timeout: 300ms, trip: consecutiveFailures > 3}}\n  targets:\n    components:\n      statestore:\n        outbound: {{circuitBreaker: cb}}\n",
+            redis.address()
+        ),
+    )
+    .unwrap();
+    let a = SidecarBuilder::new("a", registry.path())
+        .arg("--resources-path")
+        .arg(resources.path().to_str().unwrap())
+        .start();
+    let get = || async {
+        let response = client()
+            .get(a.url("/v1.0/state/statestore/k"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    };
+    assert_eq!(get().await.0, 204, "Redis up: nothing stored yet");
+    redis.kill();
+    for i in 0..4 {
+        let (status, body) = get().await;
+        assert_eq!(status, 500, "{body}");
+        assert!(
+            !body.contains("circuit breaker is open"),
+            "call {i} reached for Redis: {body}"
+        );
+    }
+    let (status, body) = get().await;
+    assert_eq!(status, 500);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errorCode"], "ERR_STATE_GET");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("circuit breaker is open"),
+        "{body}"
+    );
+    redis.restart();
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = get().await;
+        if status == 204 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
+    let clusters = get_json(a.admin_url("/clusters")).await;
+    assert_eq!(
+        clusters["circuit_breakers"],
+        json!([{"name": "components.statestore/cb", "state": "closed"}]),
+        "{clusters}"
+    );
+}

@@ -66,8 +66,12 @@ impl ActiveConfig {
         previous: Option<&ActiveConfig>,
         context: &BuildContext<'_>,
     ) -> Result<ActiveConfig, SnapshotError> {
-        let state_stores =
-            open_state_stores(&snapshot, context.app_id, previous.map(|p| &p.state_stores))?;
+        let state_stores = open_state_stores(
+            &snapshot,
+            context.app_id,
+            previous.map(|p| &p.state_stores),
+            context.breakers,
+        )?;
         let pubsubs = open_pubsubs(&snapshot, context.app_id, previous.map(|p| &p.pubsubs))?;
         let clusters: HashMap<String, Arc<AppTarget>> = snapshot
             .clusters

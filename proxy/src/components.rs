@@ -11,8 +11,9 @@ use std::time::Duration;
 use outrigger_config::dapr::Component;
 use outrigger_config::{Snapshot, SnapshotError};
 use outrigger_pubsub::OpenedPubSub;
-use outrigger_state::OpenedStore;
+use outrigger_state::{OpenedStore, StateError};
 
+use crate::upstream::breaker::{Breaker, Breakers};
 use crate::upstream::retry::RetrySchedule;
 
 /// One state store component as requests use it.
@@ -21,11 +22,32 @@ pub(crate) struct StateComponent {
     /// The definition it was opened from, to tell whether a new snapshot changed it.
     definition: Component,
     pub(crate) opened: OpenedStore,
+    /// The circuit breaker of `targets.components.<name>.outbound`, set by every swap.
+    pub(crate) breaker: arc_swap::ArcSwapOption<Breaker>,
 }
 
 impl StateComponent {
     pub(crate) fn name(&self) -> &str {
         self.definition.name()
+    }
+
+    /// Runs one call to the store under its circuit breaker, if it has one: refused at once
+    /// while the breaker is open; a backend failure (not an ETag conflict) counts against it.
+    pub(crate) async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StateError>>,
+    ) -> Result<T, StateError> {
+        let breaker = self.breaker.load_full();
+        if let Some(breaker) = &breaker {
+            if !breaker.allow() {
+                return Err(StateError::Backend("circuit breaker is open".into()));
+            }
+        }
+        let result = call.await;
+        if let Some(breaker) = &breaker {
+            breaker.record(!matches!(result, Err(StateError::Backend(_))));
+        }
+        result
     }
 }
 
@@ -35,6 +57,7 @@ pub(crate) fn open_state_stores(
     snapshot: &Snapshot,
     app_id: &str,
     previous: Option<&HashMap<String, Arc<StateComponent>>>,
+    breakers: &Breakers,
 ) -> Result<HashMap<String, Arc<StateComponent>>, SnapshotError> {
     let mut stores = HashMap::new();
     for component in snapshot.components_of("state") {
@@ -57,12 +80,45 @@ pub(crate) fn open_state_stores(
                 Arc::new(StateComponent {
                     definition: component.clone(),
                     opened,
+                    breaker: Default::default(),
                 })
             }
         };
+        store
+            .breaker
+            .store(outbound_breaker(snapshot, name, app_id, breakers));
         stores.insert(name.to_string(), store);
     }
     Ok(stores)
+}
+
+/// The breaker `targets.components.<name>.outbound` names in the first `Resiliency` that
+/// applies to `app_id` and targets the component.
+fn outbound_breaker(
+    snapshot: &Snapshot,
+    name: &str,
+    app_id: &str,
+    breakers: &Breakers,
+) -> Option<Arc<Breaker>> {
+    snapshot
+        .policies
+        .resiliency
+        .values()
+        .find_map(|resiliency| {
+            if !resiliency.scopes.is_empty() && !resiliency.scopes.iter().any(|s| s == app_id) {
+                return None;
+            }
+            let refs = resiliency
+                .spec
+                .targets
+                .components
+                .get(name)?
+                .outbound
+                .as_ref()?;
+            let breaker = refs.circuit_breaker.as_ref()?;
+            let policy = resiliency.spec.policies.circuit_breakers.get(breaker)?;
+            Some(breakers.get(&format!("components.{name}"), breaker, policy))
+        })
 }
 
 /// One pub/sub component as publishes and subscriptions use it.

@@ -80,9 +80,12 @@ pub(crate) async fn get(
 ) -> Result<Option<StateEntry>, BlockError> {
     check_key(key).map_err(BlockError::malformed)?;
     store
-        .opened
-        .store
-        .get(&store.opened.key_prefix.storage_key(key))
+        .guarded(
+            store
+                .opened
+                .store
+                .get(&store.opened.key_prefix.storage_key(key)),
+        )
         .await
         .map_err(|e| {
             state_error(
@@ -116,9 +119,7 @@ pub(crate) async fn delete(
         precondition,
     };
     store
-        .opened
-        .store
-        .delete(delete)
+        .guarded(store.opened.store.delete(delete))
         .await
         .map_err(|e| state_error(store, e, ERR_STATE_DELETE, context()))
 }
@@ -136,9 +137,7 @@ pub(crate) async fn save(store: &StateComponent, items: Vec<Item>) -> Result<(),
     }
     for request in requests {
         store
-            .opened
-            .store
-            .set(request)
+            .guarded(store.opened.store.set(request))
             .await
             .map_err(|e| state_error(store, e, ERR_STATE_SAVE, context()))?;
     }
@@ -168,9 +167,7 @@ pub(crate) async fn bulk_get(
             .map(|k| store.opened.key_prefix.storage_key(k))
             .collect();
         let entries = store
-            .opened
-            .store
-            .bulk_get(&storage_keys)
+            .guarded(store.opened.store.bulk_get(&storage_keys))
             .await
             .map_err(|e| {
                 state_error(
@@ -249,9 +246,7 @@ pub(crate) async fn transact(
         checked.push(operation.map_err(|e| e.into_block(store, ERR_STATE_TRANSACTION, context()))?);
     }
     store
-        .opened
-        .store
-        .transact(checked)
+        .guarded(store.opened.store.transact(checked))
         .await
         .map_err(|e| state_error(store, e, ERR_STATE_TRANSACTION, context()))
 }
