@@ -313,6 +313,18 @@ async fn a_resiliency_timeout_for_the_target_app_answers_504_naming_it() {
         .await
         .unwrap();
     assert_eq!(quick.status(), 200);
+    let metrics = client()
+        .get(caller.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("outrigger_timeouts_total{app_id=\"b\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// Three instances of b under steady load, one killed with SIGKILL: no client request fails
@@ -387,4 +399,14 @@ async fn killing_an_instance_under_load_fails_no_request_and_ejects_it() {
         .clone();
     assert_eq!(shown["ejected"], true, "{shown}");
     assert_eq!(shown["ejections"], 1, "{shown}");
+    let metrics = client()
+        .get(caller.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("outrigger_upstream_ejections_total{{endpoint=\"{killed}\"}} 1");
+    assert!(metrics.contains(&line), "{line}\n{metrics}");
 }

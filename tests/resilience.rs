@@ -81,6 +81,22 @@ async fn two_503s_then_success_reach_the_caller_as_200_after_three_attempts() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, r#"{"done":true}"#);
     assert_eq!(attempts(&pair, "flaky"), 3);
+    let metrics = metrics_text(&pair.a).await;
+    assert!(
+        metrics.contains("outrigger_retries_total{app_id=\"b\"} 2"),
+        "{metrics}"
+    );
+}
+
+async fn metrics_text(sidecar: &SidecarProc) -> String {
+    client()
+        .get(sidecar.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -233,6 +249,13 @@ spec:
     assert_eq!(status, 200, "closed again");
     let clusters = get_json(pair.a.admin_url("/clusters")).await;
     assert_eq!(clusters["circuit_breakers"][0]["state"], "closed");
+    let metrics = metrics_text(&pair.a).await;
+    for state in ["open", "half-open", "closed"] {
+        let line = format!(
+            "outrigger_circuit_breaker_transitions_total{{breaker=\"b/cb\",state=\"{state}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

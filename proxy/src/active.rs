@@ -116,7 +116,7 @@ impl ActiveConfig {
                 (app.clone(), CompiledRoute::compile(route, &sets, metrics))
             })
             .collect();
-        let app_policies = app_policies(&snapshot, context.app_id, context.breakers)?;
+        let app_policies = app_policies(&snapshot, context)?;
         Ok(ActiveConfig {
             app_policies,
             snapshot,
@@ -160,9 +160,9 @@ impl ActiveConfig {
 /// the snapshot was validated; a retry policy that cannot run is an error naming it.
 fn app_policies(
     snapshot: &Snapshot,
-    app_id: &str,
-    breakers: &Breakers,
+    context: &BuildContext<'_>,
 ) -> Result<HashMap<String, Arc<AppPolicy>>, SnapshotError> {
+    let (app_id, breakers) = (context.app_id, context.breakers);
     let mut policies = HashMap::new();
     for resiliency in snapshot.policies.resiliency.values() {
         if !resiliency.scopes.is_empty() && !resiliency.scopes.iter().any(|s| s == app_id) {
@@ -188,6 +188,11 @@ fn app_policies(
                             }
                         })?,
                         budget: Default::default(),
+                        retried: context
+                            .metrics
+                            .resilience
+                            .retries
+                            .with_label_values(&[target.as_str()]),
                     }),
                     None => None,
                 },

@@ -36,6 +36,53 @@ pub(crate) struct Metrics {
     connections: IntGaugeVec,
     cap_reached: IntCounterVec,
     pub(crate) pubsub: PubSubMetrics,
+    pub(crate) resilience: ResilienceMetrics,
+}
+
+/// What the resilience machinery did: retries and timeouts by target app, circuit-breaker
+/// transitions by breaker, outlier ejections by endpoint. Labels are bounded by the
+/// configuration (apps with a policy, breakers, endpoints in use).
+#[derive(Clone)]
+pub(crate) struct ResilienceMetrics {
+    pub(crate) retries: IntCounterVec,
+    pub(crate) timeouts: IntCounterVec,
+    pub(crate) breaker_transitions: IntCounterVec,
+    pub(crate) ejections: IntCounterVec,
+}
+
+impl ResilienceMetrics {
+    fn new(registry: &Registry) -> ResilienceMetrics {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        ResilienceMetrics {
+            retries: counter(
+                "outrigger_retries_total",
+                "Invocation attempts made again under a Resiliency retry policy, by target app id",
+                &["app_id"],
+            ),
+            timeouts: counter(
+                "outrigger_timeouts_total",
+                "Invocations that got no answer within their timeout, by target app id",
+                &["app_id"],
+            ),
+            breaker_transitions: counter(
+                "outrigger_circuit_breaker_transitions_total",
+                "Circuit breaker state changes, by breaker (target/policy) and new state",
+                &["breaker", "state"],
+            ),
+            ejections: counter(
+                "outrigger_upstream_ejections_total",
+                "Endpoints taken out of rotation by outlier detection, by endpoint address",
+                &["endpoint"],
+            ),
+        }
+    }
 }
 
 /// Pub/sub, by component and topic: what was published, and what became of each delivery.
@@ -251,8 +298,10 @@ impl Metrics {
                 .expect("metric names are unique");
         }
         let pubsub = PubSubMetrics::new(&registry);
+        let resilience = ResilienceMetrics::new(&registry);
         Metrics {
             pubsub,
+            resilience,
             registry,
             requests,
             latency,

@@ -107,9 +107,13 @@ impl Shared {
         let refused =
             |e: SnapshotError| ProxyError::Config(secrets.scrub(&e.to_string()).into_owned());
         snapshot.validate().map_err(refused)?;
-        let endpoints = Arc::new(Endpoints::default());
-        let breakers = Arc::new(crate::upstream::breaker::Breakers::default());
         let metrics = Arc::new(Metrics::new());
+        let endpoints = Arc::new(Endpoints::with_metrics(
+            metrics.resilience.ejections.clone(),
+        ));
+        let breakers = Arc::new(crate::upstream::breaker::Breakers::with_metrics(
+            metrics.resilience.breaker_transitions.clone(),
+        ));
         let active = ActiveConfig::build(
             Arc::new(snapshot),
             None,

@@ -52,6 +52,8 @@ pub(crate) struct Breaker {
     timeout: Duration,
     trip: Trip,
     state: Mutex<State>,
+    /// `outrigger_circuit_breaker_transitions_total`, when metrics are kept.
+    transitions: Option<prometheus::IntCounterVec>,
 }
 
 impl Breaker {
@@ -74,6 +76,15 @@ impl Breaker {
                 counts: Counts::default(),
                 counting_since: Instant::now(),
             }),
+            transitions: None,
+        }
+    }
+
+    fn moved_to(&self, phase: &str) {
+        if let Some(transitions) = &self.transitions {
+            transitions
+                .with_label_values(&[self.name.as_str(), phase])
+                .inc();
         }
     }
 
@@ -100,6 +111,7 @@ impl Breaker {
                 tracing::info!(breaker = %self.name, "circuit breaker half-open: letting probes through");
                 state.phase = Phase::HalfOpen { admitted: 1 };
                 state.counts = Counts::default();
+                self.moved_to("half-open");
                 true
             }
             Phase::HalfOpen { admitted } if admitted < self.max_requests => {
@@ -136,6 +148,7 @@ impl Breaker {
             };
             state.counts = Counts::default();
             state.counting_since = now;
+            self.moved_to("open");
         };
         match state.phase {
             Phase::Closed if !success && self.trip.trips(&state.counts) => {
@@ -153,6 +166,7 @@ impl Breaker {
                 state.phase = Phase::Closed;
                 state.counts = Counts::default();
                 state.counting_since = now;
+                self.moved_to("closed");
             }
             _ => {}
         }
@@ -167,9 +181,18 @@ impl Breaker {
 #[derive(Default)]
 pub(crate) struct Breakers {
     by_key: Mutex<HashMap<String, Arc<Breaker>>>,
+    transitions: Option<prometheus::IntCounterVec>,
 }
 
 impl Breakers {
+    /// Breakers whose transitions are counted in `transitions`.
+    pub(crate) fn with_metrics(transitions: prometheus::IntCounterVec) -> Breakers {
+        Breakers {
+            by_key: Mutex::default(),
+            transitions: Some(transitions),
+        }
+    }
+
     /// The breaker for calls to `target` under `policy` named `name`: the existing one when
     /// the same policy already guarded that target, else a new, closed one.
     pub(crate) fn get(
@@ -182,7 +205,11 @@ impl Breakers {
         self.by_key
             .lock()
             .entry(key)
-            .or_insert_with(|| Arc::new(Breaker::new(&format!("{target}/{name}"), policy)))
+            .or_insert_with(|| {
+                let mut breaker = Breaker::new(&format!("{target}/{name}"), policy);
+                breaker.transitions = self.transitions.clone();
+                Arc::new(breaker)
+            })
             .clone()
     }
 

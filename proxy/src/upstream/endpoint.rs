@@ -136,6 +136,7 @@ pub(crate) struct Endpoint {
     pub(crate) pool: Http1Pool,
     pub(crate) h2: H2Connection,
     pub(crate) stats: EndpointStats,
+    ejected_metric: Option<prometheus::IntCounter>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -154,6 +155,7 @@ impl Endpoint {
             pool: Http1Pool::default(),
             h2: H2Connection::default(),
             stats: EndpointStats::default(),
+            ejected_metric: None,
         }
     }
 
@@ -200,6 +202,9 @@ impl Endpoint {
         let time = EJECTION_BASE.saturating_mul(times).min(EJECTION_LONGEST);
         *until = Some(now + time);
         self.stats.consecutive_failures.store(0, Ordering::Relaxed);
+        if let Some(metric) = &self.ejected_metric {
+            metric.inc();
+        }
         tracing::warn!(endpoint = %self.address, ejections = times, seconds = time.as_secs(), "endpoint ejected after {EJECT_AFTER_FAILURES} consecutive failures");
     }
 
@@ -233,9 +238,19 @@ impl Drop for InFlightGuard<'_> {
 #[derive(Default)]
 pub(crate) struct Endpoints {
     by_address: Mutex<HashMap<String, Weak<Endpoint>>>,
+    /// `outrigger_upstream_ejections_total`, when metrics are kept.
+    ejections: Option<prometheus::IntCounterVec>,
 }
 
 impl Endpoints {
+    /// Endpoints whose outlier ejections are counted in `ejections`.
+    pub(crate) fn with_metrics(ejections: prometheus::IntCounterVec) -> Endpoints {
+        Endpoints {
+            by_address: Mutex::default(),
+            ejections: Some(ejections),
+        }
+    }
+
     /// The endpoint at `address`, shared with every other set that names it.
     pub(crate) fn get(&self, address: &str) -> Arc<Endpoint> {
         let mut map = self.by_address.lock();
@@ -244,7 +259,12 @@ impl Endpoints {
         }
         // Forget endpoints nobody names any more before adding one.
         map.retain(|_, e| e.strong_count() > 0);
-        let endpoint = Arc::new(Endpoint::new(address));
+        let mut endpoint = Endpoint::new(address);
+        endpoint.ejected_metric = self
+            .ejections
+            .as_ref()
+            .map(|vec| vec.with_label_values(&[address]));
+        let endpoint = Arc::new(endpoint);
         map.insert(address.to_string(), Arc::downgrade(&endpoint));
         endpoint
     }

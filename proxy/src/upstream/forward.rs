@@ -261,6 +261,9 @@ async fn h1_to_h1(
                     Some(wait) => {
                         tokio::time::sleep(wait).await;
                         retries += 1;
+                        if let Some(retry) = retry {
+                            retry.retried.inc();
+                        }
                         tried.clear();
                         target.set.pick_for(&tried, target.hash_key)
                     }
@@ -347,6 +350,9 @@ async fn h1_to_h1(
                 tracing::debug!(endpoint = %endpoint.address, status, retry = retries + 1, ?wait, "retrying");
                 tokio::time::sleep(wait).await;
                 retries += 1;
+                if let Some(retry) = retry {
+                    retry.retried.inc();
+                }
                 tried.push(index);
                 if tried.len() >= target.set.len() {
                     tried.clear();
@@ -366,6 +372,9 @@ async fn h1_to_h1(
                     Some(wait) => {
                         tokio::time::sleep(wait).await;
                         retries += 1;
+                        if let Some(retry) = retry {
+                            retry.retried.inc();
+                        }
                         tried.push(index);
                         if tried.len() >= target.set.len() {
                             tried.clear();

@@ -148,6 +148,8 @@ impl RetrySchedule {
 pub(crate) struct AppRetry {
     pub(crate) schedule: RetrySchedule,
     pub(crate) budget: RetryBudget,
+    /// `outrigger_retries_total` for the target app.
+    pub(crate) retried: prometheus::IntCounter,
 }
 
 /// Linkerd's retry budget: over a 10 s window, retries may add at most 20 % to the calls plus

@@ -163,6 +163,14 @@ impl DaprHttp {
         let status = match request.forward(&upstream, &edits).await {
             Ok(status) => status,
             Err(failure) => {
+                if failure.timeout().is_some() {
+                    shared
+                        .metrics
+                        .resilience
+                        .timeouts
+                        .with_label_values(&[target.app_id.as_str()])
+                        .inc();
+                }
                 answer_failure(request, &failure, || {
                     invoke::failed(&target.app_id, &failure)
                 })
