@@ -200,3 +200,54 @@ fn a_tiny_pubsub_run_compares_the_sidecar_with_a_direct_producer_and_times_deliv
     assert!(report.contains("| Kafka (tansu) | "), "{report}");
     assert!(report.contains("| Redis Streams | "), "{report}");
 }
+
+#[test]
+fn a_tiny_resilience_run_reports_every_policy_around_a_bad_instance() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(outrigger_bin())
+        .args([
+            "bench",
+            "--resilience",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+        ])
+        .args([
+            "--repetitions",
+            "1",
+            "--rates",
+            "100",
+            "--connections",
+            "4",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let runs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("resilience.json")).unwrap())
+            .unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 6, "{runs:?}");
+    for run in runs {
+        assert!(run["requests"].as_u64().unwrap() > 0, "{run}");
+        assert!(run["p50_us"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    let with_retries = runs
+        .iter()
+        .find(|r| r["policy"] == "round robin + retries")
+        .unwrap();
+    assert_eq!(
+        with_retries["failed"], 0,
+        "retries cover a 50 % failing instance: {with_retries}"
+    );
+    let report = std::fs::read_to_string(out.path().join("resilience.md")).unwrap();
+    assert!(report.contains("| slow | peak EWMA |"), "{report}");
+}

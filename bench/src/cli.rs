@@ -64,9 +64,20 @@ pub struct BenchArgs {
     /// pubsub.md (needs redis-server and tansu)
     #[arg(long)]
     pubsub: bool,
+    /// Instead of the scenarios: three instances of an app, one slow (+20 ms) and then one
+    /// failing every other call — p50/p99 and errors through a sidecar for round robin,
+    /// least-request and peak-EWMA, and with and without retries; writes resilience.md
+    #[arg(long)]
+    resilience: bool,
     /// Internal: serve the upstream app on this port and never return
     #[arg(long, hide = true)]
     serve_upstream: Option<u16>,
+    /// Internal: the served upstream adds this many milliseconds to every answer
+    #[arg(long, hide = true, default_value_t = 0)]
+    upstream_delay_ms: u64,
+    /// Internal: the served upstream answers every n-th call with 503
+    #[arg(long, hide = true, default_value_t = 0)]
+    upstream_fail_every: u64,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -75,7 +86,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: BenchArgs) -> ExitCode {
     if let Some(port) = args.serve_upstream {
-        return match upstream::serve(port, args.body_bytes) {
+        let misbehaviour = upstream::Misbehaviour {
+            delay: Duration::from_millis(args.upstream_delay_ms),
+            fail_every: args.upstream_fail_every,
+        };
+        return match upstream::serve_with(port, args.body_bytes, misbehaviour) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("upstream: {e:#}");
@@ -101,6 +116,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.pubsub {
         return pubsub(&args);
+    }
+    if args.resilience {
+        return resilience(&args);
     }
     let mut scenarios = if args.scenarios.is_empty() {
         ScenarioName::ALL.to_vec()
@@ -329,6 +347,39 @@ fn pubsub(args: &BenchArgs) -> anyhow::Result<()> {
         let (d50, d99) = crate::pubsub::latency_medians(&results, broker, "direct");
         let (s50, s99) = crate::pubsub::latency_medians(&results, broker, "sidecar");
         println!("  publish -> delivery, {label}: direct p50 {d50:.0} µs p99 {d99:.0} µs; through two sidecars p50 {s50:.0} µs p99 {s99:.0} µs");
+    }
+    Ok(())
+}
+
+fn resilience(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.repetitions >= 1, "--repetitions must be at least 1");
+    let OutputDirs { out, work, exe } = OutputDirs::create(&args.out)?;
+    let settings = crate::resilience::Settings {
+        duration: args.duration,
+        warmup: args.warmup,
+        repetitions: args.repetitions,
+        connections: args.connections,
+        rate: args.rates.first().copied().unwrap_or(1000.0).min(500.0),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let runs = runtime.block_on(crate::resilience::measure(&exe, &work, &settings))?;
+    let command: Vec<String> = std::env::args().collect();
+    std::fs::write(
+        out.join("resilience.md"),
+        crate::resilience::markdown(&runs, &command.join(" "), &settings),
+    )?;
+    std::fs::write(
+        out.join("resilience.json"),
+        serde_json::to_vec_pretty(&runs)?,
+    )?;
+    println!(
+        "outrigger bench: resilience report in {}",
+        out.join("resilience.md").display()
+    );
+    for line in crate::resilience::summary(&runs) {
+        println!("  {line}");
     }
     Ok(())
 }

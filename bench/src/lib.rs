@@ -11,6 +11,7 @@ mod plot;
 mod procs;
 mod pubsub;
 mod report;
+mod resilience;
 mod runner;
 mod scenario;
 mod state_get;
