@@ -249,6 +249,12 @@ spec:
     assert_eq!(status, 200, "closed again");
     let clusters = get_json(pair.a.admin_url("/clusters")).await;
     assert_eq!(clusters["circuit_breakers"][0]["state"], "closed");
+    let dump = get_json(pair.a.admin_url("/config_dump")).await;
+    assert_eq!(
+        dump["policies_in_force"]["apps"]["b"]["circuit_breaker"],
+        json!({"name": "b/cb", "state": "closed"}),
+        "{dump}"
+    );
     let metrics = metrics_text(&pair.a).await;
     for state in ["open", "half-open", "closed"] {
         let line = format!(

@@ -145,7 +145,7 @@ fn endpoints(registered: &[Registered]) -> Vec<Cluster> {
             endpoints.dedup();
             Cluster {
                 name,
-                load_balancer: LoadBalancer::RoundRobin,
+                load_balancer: LoadBalancer::default(),
                 hash_on: None,
                 endpoints,
             }

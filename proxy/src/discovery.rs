@@ -169,7 +169,12 @@ impl LocalRegistry {
             let target = match old.get(&key) {
                 Some(existing) if existing.endpoints.same_members(&targets) => existing.clone(),
                 _ => Arc::new(AppTarget {
-                    endpoints: Arc::new(EndpointSet::round_robin(&self.endpoints, targets)),
+                    endpoints: Arc::new(EndpointSet::new(
+                        &self.endpoints,
+                        targets,
+                        outrigger_config::LoadBalancer::default(),
+                        None,
+                    )),
                     metrics: match old.get(&key) {
                         Some(existing) => existing.metrics.clone(),
                         None => self.metrics.app(Direction::Outbound, &app_id),

@@ -37,6 +37,7 @@ impl Admin {
             "registry_dir": shared.registry.as_ref().map(|r| r.dir().display().to_string()),
             // Component secrets are masked; secretKeyRef and envRef references stay visible.
             "snapshot": shared.snapshot().redacted(),
+            "policies_in_force": policies_in_force(&shared.config.load()),
         });
         serde_json::to_vec_pretty(&dump).unwrap_or_default()
     }
@@ -56,7 +57,7 @@ impl Admin {
                     "failures": stats.failures.load(Ordering::Relaxed),
                     "consecutive_failures": stats.consecutive_failures.load(Ordering::Relaxed),
                     "latency_ewma_us": stats.latency_ewma_us.load(Ordering::Relaxed),
-                    "peak_ewma_us": (stats.peak.lock().estimate_ns() / 1000.0).round(),
+                    "peak_ewma_us": (stats.peak.lock().estimate_ns(std::time::Instant::now()) / 1000.0).round(),
                     "ejected": e.is_ejected(),
                     "ejections": stats.ejections.load(Ordering::Relaxed),
                     "idle_connections": e.pool.idle_count(),
@@ -103,4 +104,27 @@ impl Service for Admin {
         };
         request.answer(answer).await;
     }
+}
+
+/// What the `Resiliency` resources that apply to this app resolve to, per target app.
+fn policies_in_force(config: &crate::active::ActiveConfig) -> serde_json::Value {
+    let mut apps: Vec<_> = config.app_policies.iter().collect();
+    apps.sort_by(|a, b| a.0.cmp(b.0));
+    let apps: serde_json::Map<String, serde_json::Value> = apps
+        .into_iter()
+        .map(|(app, policy)| {
+            (
+                app.clone(),
+                json!({
+                    "timeout": policy.timeout.map(|t| outrigger_config::duration::format(&t)),
+                    "retry": policy.retry.as_ref().map(|r| format!("{:?}", r.schedule)),
+                    "circuit_breaker": policy.breaker.as_ref().map(|b| json!({
+                        "name": b.name,
+                        "state": b.phase().name(),
+                    })),
+                }),
+            )
+        })
+        .collect();
+    json!({ "apps": apps })
 }

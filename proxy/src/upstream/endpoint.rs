@@ -104,6 +104,8 @@ pub(crate) struct PeakEwma {
 pub(crate) const PEAK_EWMA_DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast a lower sample pulls the estimate down (Linkerd's decay).
 pub(crate) const PEAK_EWMA_DECAY: Duration = Duration::from_secs(10);
+/// The latency a failed request (5xx, refused, reset, timed out) counts as, at least.
+pub(crate) const PEAK_EWMA_FAILURE_PENALTY: Duration = Duration::from_millis(250);
 
 impl PeakEwma {
     pub(crate) fn observe(&mut self, rtt: Duration, now: Instant) {
@@ -120,11 +122,16 @@ impl PeakEwma {
         self.updated = Some(now);
     }
 
-    /// The estimate in nanoseconds (the default RTT before any sample).
-    pub(crate) fn estimate_ns(&self) -> f64 {
+    /// The estimate in nanoseconds at `now` (the default RTT before any sample). Between
+    /// samples it decays toward zero over [`PEAK_EWMA_DECAY`] (as tower's peak-EWMA does), so
+    /// an endpoint left alone for a while is tried again and measured afresh.
+    pub(crate) fn estimate_ns(&self, now: Instant) -> f64 {
         match self.updated {
             None => PEAK_EWMA_DEFAULT_RTT.as_nanos() as f64,
-            Some(_) => self.estimate_ns,
+            Some(then) => {
+                let idle = now.saturating_duration_since(then).as_nanos() as f64;
+                self.estimate_ns * (-idle / PEAK_EWMA_DECAY.as_nanos() as f64).exp()
+            }
         }
     }
 }
@@ -187,7 +194,14 @@ impl Endpoint {
             (old * 7 + sample) / 8
         };
         stats.latency_ewma_us.store(next, Ordering::Relaxed);
-        stats.peak.lock().observe(outcome.latency, Instant::now());
+        // A failure costs peak-EWMA as much as a very slow answer: a fast-failing endpoint
+        // must not look like the fastest one.
+        let sample = if failed {
+            outcome.latency.max(PEAK_EWMA_FAILURE_PENALTY)
+        } else {
+            outcome.latency
+        };
+        stats.peak.lock().observe(sample, Instant::now());
     }
 
     /// Ejects the endpoint (unless it already is): for 30 s × its ejections so far, at most
@@ -220,7 +234,7 @@ impl Endpoint {
     /// (requests in flight + 1).
     pub(crate) fn peak_ewma_cost(&self) -> f64 {
         let pending = self.stats.in_flight.load(Ordering::Relaxed) as f64;
-        self.stats.peak.lock().estimate_ns() * (pending + 1.0)
+        self.stats.peak.lock().estimate_ns(Instant::now()) * (pending + 1.0)
     }
 }
 
@@ -342,24 +356,23 @@ mod tests {
         let start = Instant::now();
         let mut peak = PeakEwma::default();
         assert_eq!(
-            peak.estimate_ns(),
+            peak.estimate_ns(start),
             30e6,
             "the default RTT before any sample"
         );
         peak.observe(Duration::from_millis(1), start);
-        assert_eq!(peak.estimate_ns(), 1e6);
-        peak.observe(Duration::from_millis(50), start + Duration::from_millis(1));
-        assert_eq!(peak.estimate_ns(), 50e6, "a peak counts in full");
+        assert_eq!(peak.estimate_ns(start), 1e6);
+        let at = start + Duration::from_millis(1);
+        peak.observe(Duration::from_millis(50), at);
+        assert_eq!(peak.estimate_ns(at), 50e6, "a peak counts in full");
+        // Left alone for one decay period, the estimate is down to 1/e of itself.
+        let idle = peak.estimate_ns(at + PEAK_EWMA_DECAY);
+        assert!((idle - 50e6 * (-1.0f64).exp()).abs() < 1.0, "{idle}");
         // One decay period later a 1 ms sample pulls it 1 - 1/e of the way down.
-        peak.observe(
-            Duration::from_millis(1),
-            start + Duration::from_millis(1) + PEAK_EWMA_DECAY,
-        );
+        let later = at + PEAK_EWMA_DECAY;
+        peak.observe(Duration::from_millis(1), later);
         let expected = 50e6 * (-1.0f64).exp() + 1e6 * (1.0 - (-1.0f64).exp());
-        assert!(
-            (peak.estimate_ns() - expected).abs() < 1.0,
-            "{}",
-            peak.estimate_ns()
-        );
+        let got = peak.estimate_ns(later);
+        assert!((got - expected).abs() < 1.0, "{got}");
     }
 }
