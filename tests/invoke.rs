@@ -348,8 +348,7 @@ async fn instances_of_one_app_id_share_the_load() {
         .app_port(app2.port)
         .start();
     let a = SidecarBuilder::new("a", registry.path()).start();
-    // Discovered instances are balanced by peak-EWMA (the default): under concurrent calls
-    // both serve, since a busy instance costs more.
+    // Concurrent calls spread over both discovered instances.
     let url = a.url("/v1.0/invoke/b/method/slow?ms=20");
     let calls: Vec<_> = (0..40)
         .map(|_| {

@@ -125,6 +125,11 @@ impl PeakEwma {
     /// The estimate in nanoseconds at `now` (the default RTT before any sample). Between
     /// samples it decays toward zero over [`PEAK_EWMA_DECAY`] (as tower's peak-EWMA does), so
     /// an endpoint left alone for a while is tried again and measured afresh.
+    /// The decayed estimate, if anything was measured.
+    pub(crate) fn measured_ns(&self, now: Instant) -> Option<f64> {
+        self.updated.map(|_| self.estimate_ns(now))
+    }
+
     pub(crate) fn estimate_ns(&self, now: Instant) -> f64 {
         match self.updated {
             None => PEAK_EWMA_DEFAULT_RTT.as_nanos() as f64,
@@ -230,11 +235,22 @@ impl Endpoint {
             .is_some_and(|t| t > Instant::now())
     }
 
-    /// The peak-EWMA cost of sending this endpoint one more request: the latency estimate ×
-    /// (requests in flight + 1).
-    pub(crate) fn peak_ewma_cost(&self) -> f64 {
+    /// The peak-EWMA cost of sending this endpoint one more request, compared with `other`:
+    /// the latency estimate × (requests in flight + 1). An endpoint nothing was measured on yet
+    /// is presumed as fast as the one it is compared with (Linkerd's 30 ms when neither was
+    /// measured), so a new instance gets its share at once under light load instead of
+    /// waiting for a 30 ms presumption to decay below the others' measured latency.
+    pub(crate) fn peak_ewma_cost(&self, other: &Endpoint) -> f64 {
+        let now = Instant::now();
+        let estimate = self
+            .stats
+            .peak
+            .lock()
+            .measured_ns(now)
+            .or_else(|| other.stats.peak.lock().measured_ns(now))
+            .unwrap_or(PEAK_EWMA_DEFAULT_RTT.as_nanos() as f64);
         let pending = self.stats.in_flight.load(Ordering::Relaxed) as f64;
-        self.stats.peak.lock().estimate_ns(Instant::now()) * (pending + 1.0)
+        estimate * (pending + 1.0)
     }
 }
 
