@@ -57,6 +57,9 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
+/// The largest endpoint weight (round robin walks weight slots; a ring holds points per unit).
+pub const MAX_WEIGHT: u32 = 10_000;
+
 /// How a cluster picks an endpoint (`Cluster.spec.loadBalancer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -125,6 +128,13 @@ impl Snapshot {
             if cluster.endpoints.is_empty() {
                 return Err(SnapshotError::EmptyCluster {
                     cluster: cluster.name.clone(),
+                });
+            }
+            if cluster.endpoints.iter().any(|e| e.weight > MAX_WEIGHT) {
+                return Err(SnapshotError::InvalidCluster {
+                    cluster: cluster.name.clone(),
+                    field: "spec.endpoints[].weight",
+                    detail: "at most 10000",
                 });
             }
             let ring = cluster.load_balancer == LoadBalancer::RingHash;

@@ -476,3 +476,13 @@ fn an_unknown_rule_field_is_refused_with_its_position() {
     assert!(err.message.contains("unknown field `timout`"), "{err}");
     assert!(err.line.is_some(), "{err}");
 }
+
+#[test]
+fn an_endpoint_weight_above_the_limit_is_refused_naming_the_field() {
+    let text = "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec:\n  endpoints: [{address: 127.0.0.1:1, weight: 4000000000}]\n";
+    let err = load_str("mesh.yaml", text).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "mesh.yaml:1:1: cluster \"b\": spec.endpoints[].weight: at most 10000"
+    );
+}

@@ -121,7 +121,9 @@ impl RingHash {
             (MAX_RING_POINTS as f64 / (total * u64::from(POINTS_PER_WEIGHT)) as f64).min(1.0);
         let mut ring = Vec::new();
         for (index, member) in members.iter().enumerate() {
-            let points = (f64::from(member.weight.max(1) * POINTS_PER_WEIGHT) * scale).max(1.0);
+            let points =
+                (u64::from(member.weight.max(1)) as f64 * f64::from(POINTS_PER_WEIGHT) * scale)
+                    .max(1.0);
             for point in 0..points as u32 {
                 ring.push((
                     hash_key(&format!("{}#{point}", member.endpoint.address)),
@@ -152,12 +154,21 @@ impl Balance for RingHash {
     }
 }
 
-/// A stable 64-bit hash (the same in every sidecar built from the same source).
+/// A 64-bit hash that is the same in every sidecar, whatever toolchain built it (FNV-1a,
+/// then a 64-bit finalizer so nearby keys spread over the ring): sidecars of two versions
+/// must agree on where a key goes during a rolling upgrade.
 pub(crate) fn hash_key(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64's finalizer.
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
 fn least_request_cost(endpoint: &Endpoint, _other: &Endpoint) -> f64 {

@@ -19,12 +19,21 @@ use outrigger_config::dapr::CircuitBreakerPolicy;
 use parking_lot::Mutex;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a breaker stays open, whatever its `timeout` says.
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Closed,
-    Open { until: Instant },
-    HalfOpen { admitted: u32 },
+    Open {
+        until: Instant,
+    },
+    /// `since`: when the probes were last let through; a probe never recorded (its caller
+    /// went away) is given up on after `timeout`, so half-open can never stick.
+    HalfOpen {
+        admitted: u32,
+        since: Instant,
+    },
 }
 
 impl Phase {
@@ -69,7 +78,10 @@ impl Breaker {
             name: name.to_string(),
             max_requests: policy.max_requests.max(1),
             interval: policy.interval.filter(|i| !i.is_zero()),
-            timeout: policy.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout: policy
+                .timeout
+                .unwrap_or(DEFAULT_TIMEOUT)
+                .min(LONGEST_TIMEOUT),
             trip,
             state: Mutex::new(State {
                 phase: Phase::Closed,
@@ -109,14 +121,28 @@ impl Breaker {
             Phase::Open { until } if now < until => false,
             Phase::Open { .. } => {
                 tracing::info!(breaker = %self.name, "circuit breaker half-open: letting probes through");
-                state.phase = Phase::HalfOpen { admitted: 1 };
+                state.phase = Phase::HalfOpen {
+                    admitted: 1,
+                    since: now,
+                };
                 state.counts = Counts::default();
                 self.moved_to("half-open");
                 true
             }
-            Phase::HalfOpen { admitted } if admitted < self.max_requests => {
+            Phase::HalfOpen { admitted, since } if admitted < self.max_requests => {
                 state.phase = Phase::HalfOpen {
                     admitted: admitted + 1,
+                    since,
+                };
+                true
+            }
+            Phase::HalfOpen { since, .. }
+                if now.saturating_duration_since(since) >= self.timeout =>
+            {
+                // The probes let through never reported back: let new ones through.
+                state.phase = Phase::HalfOpen {
+                    admitted: 1,
+                    since: now,
                 };
                 true
             }
@@ -127,6 +153,18 @@ impl Breaker {
     /// Records how an admitted call went.
     pub(crate) fn record(&self, success: bool) {
         self.record_at(success, Instant::now());
+    }
+
+    /// Gives back an admitted call that says nothing about the target (the caller went away
+    /// or sent a malformed request): counted neither way, its half-open slot freed.
+    pub(crate) fn release(&self) {
+        let mut state = self.state.lock();
+        if let Phase::HalfOpen { admitted, since } = state.phase {
+            state.phase = Phase::HalfOpen {
+                admitted: admitted.saturating_sub(1),
+                since,
+            };
+        }
     }
 
     fn record_at(&self, success: bool, now: Instant) {
@@ -144,7 +182,9 @@ impl Breaker {
         }
         let open = |state: &mut State| {
             state.phase = Phase::Open {
-                until: now + self.timeout,
+                until: now
+                    .checked_add(self.timeout)
+                    .unwrap_or_else(|| now + LONGEST_TIMEOUT),
             };
             state.counts = Counts::default();
             state.counting_since = now;
@@ -251,6 +291,14 @@ mod tests {
         let later = start + Duration::from_millis(1000);
         assert!(b.allow_at(later), "one half-open probe");
         assert!(!b.allow_at(later), "and only one");
+        // A probe that never reports back is given up on after another timeout.
+        let much_later = later + Duration::from_millis(1000);
+        assert!(
+            b.allow_at(much_later),
+            "a lost probe does not stick half-open"
+        );
+        b.release();
+        assert!(b.allow_at(much_later), "a released probe frees its slot");
         b.record_at(true, later);
         assert_eq!(b.phase(), Phase::Closed);
         assert!(b.allow_at(later));

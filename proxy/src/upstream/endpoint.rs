@@ -148,7 +148,9 @@ pub(crate) struct Endpoint {
     pub(crate) pool: Http1Pool,
     pub(crate) h2: H2Connection,
     pub(crate) stats: EndpointStats,
-    ejected_metric: Option<prometheus::IntCounter>,
+    /// `outrigger_upstream_ejections_total`; this endpoint's series appears at its first
+    /// ejection, so endpoints never ejected add no series.
+    ejected_metric: Option<prometheus::IntCounterVec>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -222,7 +224,7 @@ impl Endpoint {
         *until = Some(now + time);
         self.stats.consecutive_failures.store(0, Ordering::Relaxed);
         if let Some(metric) = &self.ejected_metric {
-            metric.inc();
+            metric.with_label_values(&[self.address.as_str()]).inc();
         }
         tracing::warn!(endpoint = %self.address, ejections = times, seconds = time.as_secs(), "endpoint ejected after {EJECT_AFTER_FAILURES} consecutive failures");
     }
@@ -290,10 +292,7 @@ impl Endpoints {
         // Forget endpoints nobody names any more before adding one.
         map.retain(|_, e| e.strong_count() > 0);
         let mut endpoint = Endpoint::new(address);
-        endpoint.ejected_metric = self
-            .ejections
-            .as_ref()
-            .map(|vec| vec.with_label_values(&[address]));
+        endpoint.ejected_metric = self.ejections.clone();
         let endpoint = Arc::new(endpoint);
         map.insert(address.to_string(), Arc::downgrade(&endpoint));
         endpoint

@@ -166,16 +166,7 @@ fn attempted(
     result: Result<u16, &Failure>,
 ) {
     report(endpoint, started, result);
-    if let Some(breaker) = target.breaker {
-        breaker.record(call_succeeded(result));
-    }
-}
-
-fn call_succeeded(result: Result<u16, &Failure>) -> bool {
-    match result {
-        Ok(status) => status < 500,
-        Err(failure) => failure.client_fault().is_some(),
-    }
+    breaker_records(target, result);
 }
 
 /// A call the target's breaker refuses, if it does.
@@ -188,8 +179,14 @@ fn breaker_refuses(target: &Target<'_>) -> Option<Failure> {
 
 /// Records a whole call (one attempt) with the target's breaker.
 fn breaker_records(target: &Target<'_>, result: Result<u16, &Failure>) {
-    if let Some(breaker) = target.breaker {
-        breaker.record(call_succeeded(result));
+    let Some(breaker) = target.breaker else {
+        return;
+    };
+    match result {
+        Ok(status) => breaker.record(status < 500),
+        // The client's own doing says nothing about the target.
+        Err(failure) if failure.client_fault().is_some() => breaker.release(),
+        Err(_) => breaker.record(false),
     }
 }
 
@@ -259,7 +256,9 @@ async fn h1_to_h1(
                 match retry_wait(retry, retries, down.responded).filter(|_| within_budget(retry)) {
                     // Every instance failed this round: wait out the backoff, then start over.
                     Some(wait) => {
-                        tokio::time::sleep(wait).await;
+                        if !backoff(down, wait).await {
+                            return Err(client_gone());
+                        }
                         retries += 1;
                         if let Some(retry) = retry {
                             retry.retried.inc();
@@ -285,7 +284,7 @@ async fn h1_to_h1(
             });
         }
         let started = Instant::now();
-        let _in_flight = endpoint.begin();
+        let in_flight = endpoint.begin();
         // Held back for a retry: a status the policy retries, while retries remain.
         // The budget is paid when the answer is held: a held answer is always retried.
         let hold_status = |status: u16| {
@@ -345,10 +344,13 @@ async fn h1_to_h1(
             Err(ForwardError::Held(status)) => {
                 attempted(target, endpoint, started, Ok(status));
                 drop(conn); // its response body was never read
-                            // Held only while a retry remains (`hold_status`): the fallback never runs.
+                drop(in_flight);
+                // Held only while a retry remains (`hold_status`): the fallback never runs.
                 let wait = retry_wait(retry, retries, false).unwrap_or_default();
                 tracing::debug!(endpoint = %endpoint.address, status, retry = retries + 1, ?wait, "retrying");
-                tokio::time::sleep(wait).await;
+                if !backoff(down, wait).await {
+                    return Err(client_gone());
+                }
                 retries += 1;
                 if let Some(retry) = retry {
                     retry.retried.inc();
@@ -370,7 +372,11 @@ async fn h1_to_h1(
                     .filter(|_| again && within_budget(retry))
                 {
                     Some(wait) => {
-                        tokio::time::sleep(wait).await;
+                        drop(conn);
+                        drop(in_flight);
+                        if !backoff(down, wait).await {
+                            return Err(client_gone());
+                        }
                         retries += 1;
                         if let Some(retry) = retry {
                             retry.retried.inc();
@@ -386,6 +392,22 @@ async fn h1_to_h1(
                 }
             }
         };
+    }
+}
+
+/// Waits out a retry backoff; `false` when the client went away meanwhile (nobody is left to
+/// answer, so nothing more is sent).
+async fn backoff(down: &mut ServerConn, wait: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => true,
+        () = down.client_gone() => false,
+    }
+}
+
+fn client_gone() -> Failure {
+    Failure {
+        error: UpstreamError::Forward(ForwardError::ClientGone),
+        address: None,
     }
 }
 

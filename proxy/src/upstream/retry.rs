@@ -32,6 +32,8 @@ enum Backoff {
 
 /// Waits beyond this are capped, whatever a policy says: a retry a day apart is a lost message.
 const LONGEST_WAIT: Duration = Duration::from_secs(3600);
+/// Waits below this are raised to it.
+const SHORTEST_WAIT: Duration = Duration::from_millis(1);
 
 impl RetrySchedule {
     /// The schedule pub/sub deliveries follow when no `Resiliency` policy targets the
@@ -96,7 +98,8 @@ impl RetrySchedule {
                 first.checked_mul(factor).unwrap_or(cap).min(cap)
             }
         };
-        Some(wait.min(LONGEST_WAIT))
+        // A zero wait would turn "retry forever" into a hot loop.
+        Some(wait.clamp(SHORTEST_WAIT, LONGEST_WAIT))
     }
 
     /// The waiting a message can go through before retries run out; `None` if they never do.
