@@ -247,11 +247,16 @@ impl EndpointSet {
         key: Option<u64>,
     ) -> Option<(usize, &Arc<Endpoint>)> {
         if self.members.len() > 1 {
+            let now = super::endpoint::millis_now();
+            let out =
+                |i: &usize| !tried.contains(i) && self.members[*i].endpoint.is_ejected_at(now);
+            // The common case, nothing ejected, allocates nothing.
+            if !(0..self.members.len()).any(|i| out(&i)) {
+                let index = self.balancer.pick(&self.members, tried, key)?;
+                return Some((index, &self.members[index].endpoint));
+            }
             let most = (self.members.len() / 10).max(1);
-            let ejected: Vec<usize> = (0..self.members.len())
-                .filter(|i| !tried.contains(i) && self.members[*i].endpoint.is_ejected())
-                .take(most)
-                .collect();
+            let ejected: Vec<usize> = (0..self.members.len()).filter(out).take(most).collect();
             if !ejected.is_empty() && tried.len() + ejected.len() < self.members.len() {
                 let skip: Vec<usize> = tried.iter().copied().chain(ejected).collect();
                 if let Some(index) = self.balancer.pick(&self.members, &skip, key) {

@@ -78,8 +78,10 @@ pub(crate) struct EndpointStats {
     pub(crate) latency_ewma_us: AtomicU64,
     /// The peak-EWMA latency estimate the `peakEwma` balancer reads.
     pub(crate) peak: Mutex<PeakEwma>,
-    /// Outlier detection: until when this endpoint is ejected, and how often it was.
-    pub(crate) ejected_until: Mutex<Option<Instant>>,
+    /// Outlier detection: until when this endpoint is ejected (milliseconds since
+    /// [`clock_base`], 0: never), and how often it was. An atomic, not a lock: every pick
+    /// of a multi-endpoint set reads it.
+    pub(crate) ejected_until_ms: AtomicU64,
     pub(crate) ejections: AtomicU32,
 }
 
@@ -98,6 +100,17 @@ pub(crate) const EJECTION_LONGEST: Duration = Duration::from_secs(300);
 pub(crate) struct PeakEwma {
     estimate_ns: f64,
     updated: Option<Instant>,
+}
+
+/// The instant ejection deadlines count from (the first time anything asks).
+fn clock_base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`clock_base`], plus one so that 0 never means "now".
+pub(crate) fn millis_now() -> u64 {
+    clock_base().elapsed().as_millis() as u64 + 1
 }
 
 /// The estimate of an endpoint nothing was measured on yet (Linkerd's default RTT).
@@ -214,14 +227,23 @@ impl Endpoint {
     /// Ejects the endpoint (unless it already is): for 30 s × its ejections so far, at most
     /// 300 s. Its consecutive failures start over.
     fn eject(&self) {
-        let now = Instant::now();
-        let mut until = self.stats.ejected_until.lock();
-        if until.is_some_and(|t| t > now) {
+        let now = millis_now();
+        let until = &self.stats.ejected_until_ms;
+        let current = until.load(Ordering::Relaxed);
+        if current > now {
             return;
         }
-        let times = self.stats.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let times = self.stats.ejections.load(Ordering::Relaxed) + 1;
         let time = EJECTION_BASE.saturating_mul(times).min(EJECTION_LONGEST);
-        *until = Some(now + time);
+        let deadline = now + time.as_millis() as u64;
+        // Two failures racing to eject: one wins, the other sees it ejected.
+        if until
+            .compare_exchange(current, deadline, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        self.stats.ejections.fetch_add(1, Ordering::Relaxed);
         self.stats.consecutive_failures.store(0, Ordering::Relaxed);
         if let Some(metric) = &self.ejected_metric {
             metric.with_label_values(&[self.address.as_str()]).inc();
@@ -231,10 +253,12 @@ impl Endpoint {
 
     /// Whether outlier detection has the endpoint out of rotation right now.
     pub(crate) fn is_ejected(&self) -> bool {
-        self.stats
-            .ejected_until
-            .lock()
-            .is_some_and(|t| t > Instant::now())
+        self.is_ejected_at(millis_now())
+    }
+
+    /// The same, at `now` (from [`millis_now`]), for checking many endpoints at once.
+    pub(crate) fn is_ejected_at(&self, now: u64) -> bool {
+        self.stats.ejected_until_ms.load(Ordering::Relaxed) > now
     }
 
     /// The peak-EWMA cost of sending this endpoint one more request, compared with `other`:
