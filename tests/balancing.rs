@@ -151,31 +151,13 @@ async fn least_request_answers_every_call_across_the_instances() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_load_balancer_is_a_startup_error_naming_the_field() {
-    let registry = tempfile::tempdir().unwrap();
     let resources = tempfile::tempdir().unwrap();
     std::fs::write(
         resources.path().join("cluster.yaml"),
         "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec:\n  loadBalancer: fastest\n  endpoints: [{address: 127.0.0.1:1}]\n",
     )
     .unwrap();
-    let output = std::process::Command::new(outrigger_bin())
-        .args(["sidecar", "--app-id", "a", "--no-discovery"])
-        .args([
-            "--dapr-http-port",
-            "0",
-            "--mesh-port",
-            "0",
-            "--admin-port",
-            "0",
-        ])
-        .arg("--registry-dir")
-        .arg(registry.path())
-        .arg("--resources-path")
-        .arg(resources.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(resources.path());
     assert!(
         stderr.contains("cluster.yaml:5:17: spec.loadBalancer: unknown variant `fastest`"),
         "{stderr}"
@@ -241,31 +223,13 @@ async fn ring_hash_sends_each_key_to_one_instance_and_keyless_calls_round_robin(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ring_hash_without_hash_on_is_a_startup_error_naming_the_field() {
-    let registry = tempfile::tempdir().unwrap();
     let resources = tempfile::tempdir().unwrap();
     std::fs::write(
         resources.path().join("cluster.yaml"),
         "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {name: b}\nspec:\n  loadBalancer: ringHash\n  endpoints: [{address: 127.0.0.1:1}]\n",
     )
     .unwrap();
-    let output = std::process::Command::new(outrigger_bin())
-        .args(["sidecar", "--app-id", "a", "--no-discovery"])
-        .args([
-            "--dapr-http-port",
-            "0",
-            "--mesh-port",
-            "0",
-            "--admin-port",
-            "0",
-        ])
-        .arg("--registry-dir")
-        .arg(registry.path())
-        .arg("--resources-path")
-        .arg(resources.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(resources.path());
     assert!(
         stderr.contains("cluster.yaml:1:1: cluster \"b\": spec.hashOn: ringHash needs hashOn: {header: NAME} or {query: NAME}"),
         "{stderr}"
@@ -313,14 +277,7 @@ async fn a_resiliency_timeout_for_the_target_app_answers_504_naming_it() {
         .await
         .unwrap();
     assert_eq!(quick.status(), 200);
-    let metrics = client()
-        .get(caller.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&caller).await;
     assert!(
         metrics.contains("outrigger_timeouts_total{app_id=\"b\"} 1"),
         "{metrics}"
@@ -399,14 +356,7 @@ async fn killing_an_instance_under_load_fails_no_request_and_ejects_it() {
         .clone();
     assert_eq!(shown["ejected"], true, "{shown}");
     assert_eq!(shown["ejections"], 1, "{shown}");
-    let metrics = client()
-        .get(caller.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&caller).await;
     let line = format!("outrigger_upstream_ejections_total{{endpoint=\"{killed}\"}} 1");
     assert!(metrics.contains(&line), "{line}\n{metrics}");
 }

@@ -88,17 +88,6 @@ async fn two_503s_then_success_reach_the_caller_as_200_after_three_attempts() {
     );
 }
 
-async fn metrics_text(sidecar: &SidecarProc) -> String {
-    client()
-        .get(sidecar.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_stop_at_max_retries_and_the_last_answer_goes_to_the_caller() {
     let pair = pair(POLICY).await;
@@ -130,7 +119,6 @@ async fn matching_status_codes_leave_a_404_alone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_retry_policy_is_a_startup_error_naming_the_field() {
-    let registry = tempfile::tempdir().unwrap();
     let resources = tempfile::tempdir().unwrap();
     std::fs::write(
         resources.path().join("resiliency.yaml"),
@@ -140,24 +128,7 @@ async fn an_invalid_retry_policy_is_a_startup_error_naming_the_field() {
         ),
     )
     .unwrap();
-    let output = std::process::Command::new(outrigger_bin())
-        .args(["sidecar", "--app-id", "a", "--no-discovery"])
-        .args([
-            "--dapr-http-port",
-            "0",
-            "--mesh-port",
-            "0",
-            "--admin-port",
-            "0",
-        ])
-        .arg("--registry-dir")
-        .arg(registry.path())
-        .arg("--resources-path")
-        .arg(resources.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(resources.path());
     assert!(
         stderr.contains("resiliency.yaml:1:1: resiliency \"calls\": policies.retries.three.matching.httpStatusCodes: \"5xx\" is not a status code"),
         "{stderr}"
@@ -266,31 +237,13 @@ spec:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalid_trip_expression_is_a_startup_error_naming_the_field() {
-    let registry = tempfile::tempdir().unwrap();
     let resources = tempfile::tempdir().unwrap();
     std::fs::write(
         resources.path().join("resiliency.yaml"),
         "apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {name: calls}\nspec:\n  policies:\n    circuitBreakers:\n      cb: {trip: consecutiveFailures >}\n  targets:\n    apps:\n      b: {circuitBreaker: cb}\n",
     )
     .unwrap();
-    let output = std::process::Command::new(outrigger_bin())
-        .args(["sidecar", "--app-id", "a", "--no-discovery"])
-        .args([
-            "--dapr-http-port",
-            "0",
-            "--mesh-port",
-            "0",
-            "--admin-port",
-            "0",
-        ])
-        .arg("--registry-dir")
-        .arg(registry.path())
-        .arg("--resources-path")
-        .arg(resources.path())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(resources.path());
     assert!(
         stderr.contains("resiliency.yaml:1:1: resiliency \"calls\": policies.circuitBreakers.cb.trip: invalid CEL expression \"consecutiveFailures >\""),
         "{stderr}"

@@ -162,3 +162,118 @@ pub(crate) fn pin_current_thread(cpu: usize) {
 pub(crate) fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// The median of `values` (0 when there are none).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`, or fails after 30 s.
+pub(crate) fn wait_listening(proc: &mut Proc, port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        proc.check_alive()?;
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} did not listen on {addr} within 30 s", proc.name)
+}
+
+/// A `redis-server` of the benchmark's own on a free port, without persistence, its files in
+/// `dir`; returns it once it listens, with its port.
+pub(crate) fn start_redis(
+    dir: &Path,
+    log: &Path,
+    cpu: Option<usize>,
+) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port()?;
+    std::fs::create_dir_all(dir)?;
+    let args: Vec<String> = vec![
+        "--port".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--save".into(),
+        "".into(),
+        "--appendonly".into(),
+        "no".into(),
+        "--dir".into(),
+        dir.display().to_string(),
+    ];
+    let mut proc = Proc::spawn("redis-server", Path::new("redis-server"), &args, cpu, log)
+        .context("starting redis-server (apt-get install redis-server)")?;
+    wait_listening(&mut proc, port)?;
+    Ok((proc, port))
+}
+
+/// What a benchmark sidecar is started with besides its free ports.
+pub(crate) struct SidecarSpec<'a> {
+    pub(crate) app_id: &'a str,
+    pub(crate) app_port: Option<u16>,
+    pub(crate) resources: Option<&'a Path>,
+    pub(crate) log: &'a Path,
+    pub(crate) cpu: Option<usize>,
+    /// More flags (`--threads 1`, `--log-level error`).
+    pub(crate) extra: &'a [&'a str],
+}
+
+/// A running `outrigger sidecar` (discovery off, listeners on loopback) and its addresses.
+pub(crate) struct Sidecar {
+    pub(crate) http: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) mesh: SocketAddr,
+    pub(crate) _proc: Proc,
+}
+
+/// Starts a sidecar and waits until its Dapr HTTP API answers.
+pub(crate) fn start_sidecar(exe: &Path, spec: &SidecarSpec<'_>) -> anyhow::Result<Sidecar> {
+    let (http, admin, mesh) = (free_port()?, free_port()?, free_port()?);
+    let mut args: Vec<String> = ["sidecar", "--app-id", spec.app_id, "--no-discovery"]
+        .into_iter()
+        .chain(["--mesh-listen-address", "127.0.0.1"])
+        .chain(spec.extra.iter().copied())
+        .map(String::from)
+        .collect();
+    args.extend([
+        "--dapr-http-port".into(),
+        http.to_string(),
+        "--admin-port".into(),
+        admin.to_string(),
+        "--mesh-port".into(),
+        mesh.to_string(),
+    ]);
+    if let Some(port) = spec.app_port {
+        args.extend(["--app-port".into(), port.to_string()]);
+    }
+    if let Some(resources) = spec.resources {
+        args.extend(["--resources-path".into(), resources.display().to_string()]);
+    }
+    let mut proc = Proc::spawn(
+        &format!("outrigger sidecar {}", spec.app_id),
+        exe,
+        &args,
+        spec.cpu,
+        spec.log,
+    )?;
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    wait_http_ok(
+        &mut proc,
+        local(http),
+        "/v1.0/metadata",
+        Duration::from_secs(30),
+    )?;
+    Ok(Sidecar {
+        http: local(http),
+        admin: local(admin),
+        mesh: local(mesh),
+        _proc: proc,
+    })
+}

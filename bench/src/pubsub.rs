@@ -13,7 +13,7 @@
 //! Medians over repetitions are reported; the ratio sidecar / direct is what carries over.
 
 use std::convert::Infallible;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,9 @@ use rdkafka::ClientConfig;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::procs::{free_port, wait_http_ok, Proc};
+use crate::procs::{
+    free_port, median, start_redis, start_sidecar, wait_listening, Proc, SidecarSpec,
+};
 
 pub(crate) struct Settings {
     pub(crate) duration: Duration,
@@ -94,7 +96,11 @@ pub(crate) async fn measure(
     tansu.create_topic(TOPIC)?;
     tansu.create_topic(LATENCY_TOPIC)?;
     tansu.create_topic(DIRECT_TOPIC)?;
-    let redis = start_redis(work, &logs)?;
+    let redis = start_redis(
+        &work.join("pubsub-redis"),
+        &logs.join("pubsub-redis.log"),
+        None,
+    )?;
 
     // The subscriber app, in this process: it records when each delivery arrives.
     let (deliveries, mut arrived) = mpsc::unbounded_channel::<(String, u64, Instant)>();
@@ -136,8 +142,21 @@ pub(crate) async fn measure(
             ),
         ),
     )?;
-    let publisher = start_sidecar(exe, "publisher", &resources, None, &logs)?;
-    let subscriber = start_sidecar(exe, "subscriber", &resources, Some(app_port), &logs)?;
+    let sidecar = |app_id: &str, app_port: Option<u16>| {
+        start_sidecar(
+            exe,
+            &SidecarSpec {
+                app_id,
+                app_port,
+                resources: Some(&resources),
+                log: &logs.join(format!("sidecar-{app_id}.log")),
+                cpu: None,
+                extra: &["--log-level", "warn"],
+            },
+        )
+    };
+    let publisher = sidecar("publisher", None)?;
+    let subscriber = sidecar("subscriber", Some(app_port))?;
 
     let mut results = Results {
         throughput: Vec::new(),
@@ -213,57 +232,6 @@ fn payload(bytes: usize) -> Bytes {
     Bytes::from(serde_json::Value::String("x".repeat(bytes.saturating_sub(2))).to_string())
 }
 
-struct Sidecar {
-    http: SocketAddr,
-    _proc: Proc,
-}
-
-fn start_sidecar(
-    exe: &Path,
-    app_id: &str,
-    resources: &Path,
-    app_port: Option<u16>,
-    logs: &Path,
-) -> anyhow::Result<Sidecar> {
-    let http_port = free_port()?;
-    let mut args: Vec<String> = [
-        "sidecar",
-        "--app-id",
-        app_id,
-        "--no-discovery",
-        "--log-level",
-        "warn",
-        "--admin-port",
-        "0",
-        "--mesh-listen-address",
-        "127.0.0.1",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    args.extend([
-        "--dapr-http-port".into(),
-        http_port.to_string(),
-        "--mesh-port".into(),
-        free_port()?.to_string(),
-        "--resources-path".into(),
-        resources.display().to_string(),
-    ]);
-    if let Some(port) = app_port {
-        args.extend(["--app-port".into(), port.to_string()]);
-    }
-    let mut proc = Proc::spawn(
-        &format!("outrigger sidecar {app_id}"),
-        exe,
-        &args,
-        None,
-        &logs.join(format!("sidecar-{app_id}.log")),
-    )?;
-    let http = SocketAddr::from(([127, 0, 0, 1], http_port));
-    wait_http_ok(&mut proc, http, "/v1.0/metadata", Duration::from_secs(30))?;
-    Ok(Sidecar { http, _proc: proc })
-}
-
 /// A tansu broker on a free port with in-memory storage.
 struct Tansu {
     bin: PathBuf,
@@ -327,48 +295,6 @@ fn tansu_bin() -> anyhow::Result<PathBuf> {
     on_path.or(installed).context(
         "tansu is not installed: cargo install tansu --version 0.6.0 --locked --features dynostore",
     )
-}
-
-/// Returns the redis-server process and its port.
-fn start_redis(work: &Path, logs: &Path) -> anyhow::Result<(Proc, u16)> {
-    let port = free_port()?;
-    let dir = work.join("pubsub-redis");
-    std::fs::create_dir_all(&dir)?;
-    let args: Vec<String> = vec![
-        "--port".into(),
-        port.to_string(),
-        "--bind".into(),
-        "127.0.0.1".into(),
-        "--save".into(),
-        "".into(),
-        "--appendonly".into(),
-        "no".into(),
-        "--dir".into(),
-        dir.display().to_string(),
-    ];
-    let mut proc = Proc::spawn(
-        "redis-server",
-        Path::new("redis-server"),
-        &args,
-        None,
-        &logs.join("pubsub-redis.log"),
-    )
-    .context("starting redis-server (apt-get install redis-server)")?;
-    wait_listening(&mut proc, port)?;
-    Ok((proc, port))
-}
-
-fn wait_listening(proc: &mut Proc, port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    while Instant::now() < deadline {
-        proc.check_alive()?;
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("{} did not listen on {addr} within 30 s", proc.name)
 }
 
 fn direct_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
@@ -787,15 +713,6 @@ impl PublishClient {
         let status = response.status().as_u16();
         let _ = response.into_body().collect().await;
         Ok(status)
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 

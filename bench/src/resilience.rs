@@ -17,7 +17,7 @@ use anyhow::Context;
 use outrigger_load::{LoadSpec, Mode, Protocol};
 use serde::Serialize;
 
-use crate::procs::{free_port, wait_http_ok, Proc};
+use crate::procs::{free_port, median, start_sidecar, Proc, Sidecar, SidecarSpec};
 
 pub(crate) struct Settings {
     pub(crate) duration: Duration,
@@ -52,9 +52,7 @@ const PLANS: &[(&str, &str, &str, bool)] = &[
 
 struct Caller {
     policy: &'static str,
-    http: SocketAddr,
-    admin: SocketAddr,
-    _proc: Proc,
+    sidecar: Sidecar,
 }
 
 pub(crate) async fn measure(
@@ -71,7 +69,7 @@ pub(crate) async fn measure(
             _ => vec!["--upstream-fail-every".into(), "2".into()],
         };
         // The three instances of b: an upstream app and its sidecar each; the third misbehaves.
-        let mut keep = Vec::new();
+        let mut upstreams = Vec::new();
         let mut meshes = Vec::new();
         for i in 0..3 {
             let port = free_port()?;
@@ -90,11 +88,19 @@ pub(crate) async fn measure(
                 None,
                 &logs.join(format!("{case}-upstream-{i}.log")),
             )?;
-            let (sidecar, _, _, mesh) =
-                sidecar(exe, "b", Some(port), None, &logs, &format!("{case}-b-{i}"))?;
-            meshes.push(mesh);
-            keep.push(app);
-            keep.push(sidecar);
+            let sidecar = start_sidecar(
+                exe,
+                &SidecarSpec {
+                    app_id: "b",
+                    app_port: Some(port),
+                    resources: None,
+                    log: &logs.join(format!("{case}-b-{i}.log")),
+                    cpu: None,
+                    extra: &["--log-level", "error"],
+                },
+            )?;
+            meshes.push(sidecar.mesh);
+            upstreams.push((app, sidecar));
         }
         let bad = meshes[2];
         let mut callers = Vec::new();
@@ -116,26 +122,26 @@ pub(crate) async fn measure(
                 yaml.push_str("---\napiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {name: calls}\nspec:\n  policies:\n    retries:\n      quick: {policy: constant, duration: 5ms, maxRetries: 2}\n  targets:\n    apps:\n      b: {retry: quick}\n");
             }
             std::fs::write(resources.join("mesh.yaml"), yaml)?;
-            let (proc, http, admin, _) = sidecar(
+            let sidecar = start_sidecar(
                 exe,
-                "a",
-                None,
-                Some(&resources),
-                &logs,
-                &format!("{case}-a-{balancer}-{retries}"),
+                &SidecarSpec {
+                    app_id: "a",
+                    app_port: None,
+                    resources: Some(&resources),
+                    log: &logs.join(format!("{case}-a-{balancer}-{retries}.log")),
+                    cpu: None,
+                    extra: &["--log-level", "error"],
+                },
             )?;
-            callers.push(Caller {
-                policy,
-                http,
-                admin,
-                _proc: proc,
-            });
+            callers.push(Caller { policy, sidecar });
         }
         for repetition in 0..settings.repetitions {
             for caller in &callers {
-                let before = endpoint_requests(caller.admin)?;
-                let mut spec =
-                    LoadSpec::get(format!("http://{}/v1.0/invoke/b/method/x", caller.http));
+                let before = endpoint_requests(caller.sidecar.admin)?;
+                let mut spec = LoadSpec::get(format!(
+                    "http://{}/v1.0/invoke/b/method/x",
+                    caller.sidecar.http
+                ));
                 spec.protocol = Protocol::Http1;
                 spec.connections = settings.connections;
                 spec.mode = Mode::OpenLoop {
@@ -145,7 +151,7 @@ pub(crate) async fn measure(
                 spec.duration = settings.duration;
                 spec.timeout = Duration::from_secs(10);
                 let report = outrigger_load::run(&spec).await?;
-                let after = endpoint_requests(caller.admin)?;
+                let after = endpoint_requests(caller.sidecar.admin)?;
                 let sent = |addr: &SocketAddr| {
                     let key = addr.to_string();
                     after.get(&key).copied().unwrap_or(0) - before.get(&key).copied().unwrap_or(0)
@@ -165,63 +171,9 @@ pub(crate) async fn measure(
             }
         }
         drop(callers);
-        drop(keep);
+        drop(upstreams);
     }
     Ok(runs)
-}
-
-/// Starts a sidecar; (process, Dapr HTTP address, admin address, mesh address).
-fn sidecar(
-    exe: &Path,
-    app_id: &str,
-    app_port: Option<u16>,
-    resources: Option<&Path>,
-    logs: &Path,
-    log_name: &str,
-) -> anyhow::Result<(Proc, SocketAddr, SocketAddr, SocketAddr)> {
-    let (http, admin, mesh) = (free_port()?, free_port()?, free_port()?);
-    let mut args: Vec<String> = [
-        "sidecar",
-        "--app-id",
-        app_id,
-        "--no-discovery",
-        "--log-level",
-        "error",
-        "--mesh-listen-address",
-        "127.0.0.1",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    args.extend([
-        "--dapr-http-port".into(),
-        http.to_string(),
-        "--admin-port".into(),
-        admin.to_string(),
-        "--mesh-port".into(),
-        mesh.to_string(),
-    ]);
-    if let Some(port) = app_port {
-        args.extend(["--app-port".into(), port.to_string()]);
-    }
-    if let Some(resources) = resources {
-        args.extend(["--resources-path".into(), resources.display().to_string()]);
-    }
-    let mut proc = Proc::spawn(
-        &format!("outrigger sidecar {log_name}"),
-        exe,
-        &args,
-        None,
-        &logs.join(format!("{log_name}.log")),
-    )?;
-    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-    wait_http_ok(
-        &mut proc,
-        local(http),
-        "/v1.0/metadata",
-        Duration::from_secs(30),
-    )?;
-    Ok((proc, local(http), local(admin), local(mesh)))
 }
 
 /// Requests each endpoint was sent so far, from the caller's `/clusters`.
@@ -248,15 +200,6 @@ fn endpoint_requests(admin: SocketAddr) -> anyhow::Result<std::collections::Hash
                 .collect()
         })
         .unwrap_or_default())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// One line per (case, policy): medians over the repetitions.

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use outrigger_load::{LoadSpec, Mode, Protocol};
 use serde::Serialize;
 
-use crate::procs::{free_port, wait_http_ok, Proc};
+use crate::procs::{free_port, median, start_redis, wait_http_ok, Proc};
 
 pub(crate) struct Settings {
     pub(crate) duration: Duration,
@@ -43,29 +43,11 @@ pub(crate) async fn measure(
 ) -> anyhow::Result<Vec<Run>> {
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let redis_port = free_port()?;
-    let redis_dir = work.join("redis");
-    std::fs::create_dir_all(&redis_dir)?;
-    let redis_args: Vec<String> = vec![
-        "--port".into(),
-        redis_port.to_string(),
-        "--bind".into(),
-        "127.0.0.1".into(),
-        "--save".into(),
-        "".into(),
-        "--appendonly".into(),
-        "no".into(),
-        "--dir".into(),
-        redis_dir.display().to_string(),
-    ];
-    let _redis = Proc::spawn(
-        "redis-server",
-        Path::new("redis-server"),
-        &redis_args,
-        settings.server_cpu,
+    let (_redis, redis_port) = start_redis(
+        &work.join("redis"),
         &logs.join("redis.log"),
-    )
-    .context("starting redis-server (apt-get install redis-server)")?;
+        settings.server_cpu,
+    )?;
     let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}/"))?;
     let mut direct = connect_when_up(&client).await?;
 
@@ -228,15 +210,6 @@ async fn direct_run(
         p50_us: us(0.5),
         p99_us: us(0.99),
     })
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// The medians over repetitions: (sidecar p50, p99, direct p50, p99).

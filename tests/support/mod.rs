@@ -385,3 +385,40 @@ impl TwoVersions {
         )
     }
 }
+
+/// Starts a sidecar on a resources directory it must refuse: asserts exit code 2 and returns
+/// what it wrote to stderr.
+pub fn refused_start(resources: &Path) -> String {
+    let registry = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(outrigger_bin())
+        .args(["sidecar", "--app-id", "a", "--no-discovery"])
+        .args([
+            "--dapr-http-port",
+            "0",
+            "--mesh-port",
+            "0",
+            "--admin-port",
+            "0",
+        ])
+        .arg("--registry-dir")
+        .arg(registry.path())
+        .arg("--resources-path")
+        .arg(resources)
+        .output()
+        .expect("run outrigger");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+/// The sidecar's Prometheus text (`/metrics` on its admin port).
+pub async fn metrics_text(sidecar: &SidecarProc) -> String {
+    client()
+        .get(sidecar.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
