@@ -249,12 +249,11 @@ async fn a_new_instance_registered_with_the_control_plane_gets_traffic_and_leave
     let app2 = start_echo_app("b-2");
     let mut b2 = with_cp(SidecarBuilder::new("b", registry.path()).app_port(app2.port)).start();
     until_served_by(&http, &a, "b-2").await;
-    let mut seen = std::collections::BTreeMap::new();
-    for _ in 0..20 {
-        *seen.entry(served_by(&http, &a).await).or_insert(0) += 1;
-    }
-    assert_eq!(seen.get("b-1"), Some(&10), "{seen:?}");
-    assert_eq!(seen.get("b-2"), Some(&10), "{seen:?}");
+    // Under concurrent load both instances serve a fair share.
+    let seen = support::concurrent_spread(&a.url("/v1.0/invoke/b/method/slow?ms=20"), 40).await;
+    assert_eq!(seen.values().sum::<usize>(), 40, "{seen:?}");
+    assert!(seen.get("b-1").is_some_and(|n| *n >= 5), "{seen:?}");
+    assert!(seen.get("b-2").is_some_and(|n| *n >= 5), "{seen:?}");
 
     // The second instance dies: its stream closes, the control plane drops it, and calls keep
     // succeeding throughout (a refused connection moves on to the other instance).

@@ -64,15 +64,16 @@ pub const MAX_WEIGHT: u32 = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub enum LoadBalancer {
-    /// Weighted round robin: the default (see docs/invocation.md for why not peak-EWMA yet).
-    #[default]
+    /// Weighted round robin (each endpoint gets `weight` consecutive turns).
     RoundRobin,
     /// Power of two choices: of two random endpoints, the one with fewer requests in flight
     /// (divided by its weight).
     LeastRequest,
     /// Power of two choices over Linkerd's peak-EWMA cost: the latency estimate (peaks taken
     /// at once, decaying over 10 s; 30 ms before any sample) × (requests in flight + 1).
-    /// It measured best around slow and failing instances (`outrigger bench --resilience`).
+    /// The default: it measured best around slow and failing instances
+    /// (`outrigger bench --resilience`, docs/benchmarks.md).
+    #[default]
     PeakEwma,
     /// Consistent hashing on a ring (`hashOn` names the key): the same key goes to the same
     /// endpoint, and an endpoint joining or leaving moves about 1/N of the keys.

@@ -422,3 +422,30 @@ pub async fn metrics_text(sidecar: &SidecarProc) -> String {
         .await
         .unwrap()
 }
+
+/// Sends `calls` concurrent invocations of `url` (an echo app's `slow?ms=…` method keeps them
+/// overlapping) and counts which echo app (`x-echo-app`) served each; every call must succeed.
+pub async fn concurrent_spread(
+    url: &str,
+    calls: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let http = client();
+    let calls: Vec<_> = (0..calls)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.to_string());
+            tokio::spawn(async move {
+                let response = http.get(url).send().await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.headers()["x-echo-app"]
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+            })
+        })
+        .collect();
+    let mut seen = std::collections::BTreeMap::new();
+    for call in calls {
+        *seen.entry(call.await.unwrap()).or_insert(0) += 1;
+    }
+    seen
+}

@@ -75,27 +75,42 @@ struct PowerOfTwo {
 
 impl Balance for PowerOfTwo {
     fn pick(&self, members: &[Member], tried: &[usize], _key: Option<u64>) -> Option<usize> {
+        // A first attempt (nothing tried) picks among all members without building a list.
+        if tried.is_empty() {
+            return match members.len() {
+                0 => None,
+                1 => Some(0),
+                n => Some(self.cheaper(members, |i| i, n)),
+            };
+        }
         let open: Vec<usize> = (0..members.len()).filter(|i| !tried.contains(i)).collect();
         match open.len() {
             0 => None,
             1 => Some(open[0]),
-            n => {
-                let first = fastrand::usize(..n);
-                let mut second = fastrand::usize(..n - 1);
-                if second >= first {
-                    second += 1;
-                }
-                let cost = |i: usize, other: usize| {
-                    let member = &members[open[i]];
-                    (self.cost)(&member.endpoint, &members[open[other]].endpoint)
-                        / f64::from(member.weight.max(1))
-                };
-                if cost(second, first) < cost(first, second) {
-                    Some(open[second])
-                } else {
-                    Some(open[first])
-                }
-            }
+            n => Some(self.cheaper(members, |i| open[i], n)),
+        }
+    }
+}
+
+impl PowerOfTwo {
+    /// Of two distinct random candidates among `n` (`index` maps a candidate to a member),
+    /// the member that costs less.
+    fn cheaper(&self, members: &[Member], index: impl Fn(usize) -> usize, n: usize) -> usize {
+        let first = fastrand::usize(..n);
+        let mut second = fastrand::usize(..n - 1);
+        if second >= first {
+            second += 1;
+        }
+        let (first, second) = (index(first), index(second));
+        let cost = |i: usize, other: usize| {
+            let member = &members[i];
+            (self.cost)(&member.endpoint, &members[other].endpoint)
+                / f64::from(member.weight.max(1))
+        };
+        if cost(second, first) < cost(first, second) {
+            second
+        } else {
+            first
         }
     }
 }
