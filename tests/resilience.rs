@@ -17,17 +17,24 @@ struct Pair {
 
 /// App b behind its sidecar; a's sidecar with `resiliency` in its resources.
 async fn pair(resiliency: &str) -> Pair {
+    pair_with(resiliency, &[]).await
+}
+
+/// The same, with more flags for both sidecars (`--mesh-protocol h2`).
+async fn pair_with(resiliency: &str, flags: &[&str]) -> Pair {
     let registry = tempfile::tempdir().unwrap();
     let resources = tempfile::tempdir().unwrap();
     std::fs::write(resources.path().join("resiliency.yaml"), resiliency).unwrap();
     let app = SubscriberApp::start(None).await;
-    let b = SidecarBuilder::new("b", registry.path())
-        .app_port(app.port)
-        .start();
-    let a = SidecarBuilder::new("a", registry.path())
+    let mut b = SidecarBuilder::new("b", registry.path()).app_port(app.port);
+    let mut a = SidecarBuilder::new("a", registry.path())
         .arg("--resources-path")
-        .arg(resources.path().to_str().unwrap())
-        .start();
+        .arg(resources.path().to_str().unwrap());
+    for flag in flags {
+        b = b.arg(flag);
+        a = a.arg(flag);
+    }
+    let (b, a) = (b.start(), a.start());
     Pair {
         _registry: registry,
         _resources: resources,
@@ -84,6 +91,50 @@ async fn two_503s_then_success_reach_the_caller_as_200_after_three_attempts() {
     let metrics = metrics_text(&pair.a).await;
     assert!(
         metrics.contains("outrigger_retries_total{app_id=\"b\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_hold_over_an_h2_mesh_hop_and_for_an_h2_client() {
+    let pair = pair_with(POLICY, &["--mesh-protocol", "h2"]).await;
+    // Each call id fails its first two attempts.
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let counts = failures.clone();
+    pair.app.script(move |_, body, _| {
+        let id = body["id"].as_str().unwrap_or_default().to_string();
+        let mut counts = counts.lock().unwrap();
+        let seen = counts.entry(id.clone()).or_insert(0);
+        *seen += 1;
+        if *seen <= 2 {
+            Answer::status(503, r#"{"busy":true}"#)
+        } else {
+            Answer::status(200, &format!(r#"{{"id":"{id}"}}"#))
+        }
+    });
+    // An HTTP/1.1 client, the mesh hop in HTTP/2.
+    let (status, body) = call(&pair, "h1-client").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"id":"h1-client"}"#));
+    assert_eq!(attempts(&pair, "h1-client"), 3);
+    // An HTTP/2 client (prior knowledge) on the Dapr port.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .post(pair.a.url("/v1.0/invoke/b/method/work"))
+        .header("content-type", "application/json")
+        .body(json!({ "id": "h2-client" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), r#"{"id":"h2-client"}"#);
+    assert_eq!(attempts(&pair, "h2-client"), 3);
+    let metrics = metrics_text(&pair.a).await;
+    assert!(
+        metrics.contains("outrigger_retries_total{app_id=\"b\"} 4"),
         "{metrics}"
     );
 }
@@ -316,4 +367,82 @@ async fn a_state_store_breaker_opens_while_redis_is_down_and_closes_when_it_is_b
         json!([{"name": "components.statestore/cb", "state": "closed"}]),
         "{clusters}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_and_publish_calls_follow_their_outbound_timeout_and_retry_policies() {
+    let mut redis = support::backends::RedisServer::start(false);
+    let registry = tempfile::tempdir().unwrap();
+    let resources = tempfile::tempdir().unwrap();
+    let host = redis.address();
+    let component = |name: &str, kind: &str| {
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {{name: {name}}}\nspec:\n  type: {kind}\n  version: v1\n  metadata:\n  - {{name: redisHost, value: \"{host}\"}}\n  - {{name: dialTimeout, value: 200ms}}\n---\n"
+        )
+    };
+    let yaml = format!(
+        "{}{}{}apiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {{name: stores}}\nspec:\n  policies:\n    timeouts:\n      quick: 100ms\n    retries:\n      patient: {{policy: constant, duration: 100ms, maxRetries: 30}}\n  targets:\n    components:\n      hasty:\n        outbound: {{timeout: quick}}\n      steady:\n        outbound: {{timeout: quick, retry: patient}}\n      events:\n        outbound: {{retry: patient}}\n",
+        component("hasty", "state.redis"),
+        component("steady", "state.redis"),
+        component("events", "pubsub.redis"),
+    );
+    std::fs::write(resources.path().join("components.yaml"), yaml).unwrap();
+    let a = SidecarBuilder::new("a", registry.path())
+        .arg("--resources-path")
+        .arg(resources.path().to_str().unwrap())
+        .start();
+    let http = client();
+    let get = |store: &'static str| {
+        let http = http.clone();
+        let url = a.url(&format!("/v1.0/state/{store}/k"));
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    assert_eq!(
+        get("hasty").await.0,
+        204,
+        "Redis answers: nothing stored yet"
+    );
+    assert_eq!(get("steady").await.0, 204);
+
+    // Redis stops answering for 600 ms: the store with a timeout alone fails at 100 ms,
+    // naming the limit; the one that also retries gets its answer once Redis is back.
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "600", "ALL"]), "OK");
+    let (hasty, steady) = tokio::join!(get("hasty"), get("steady"));
+    assert_eq!(hasty.0, 500, "{}", hasty.1);
+    let error: serde_json::Value = serde_json::from_str(&hasty.1).unwrap();
+    assert_eq!(error["errorCode"], "ERR_STATE_GET");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("timed out after 100ms (resiliency timeout)"),
+        "{error}"
+    );
+    assert_eq!(steady, (204, String::new()), "retried until Redis answered");
+
+    // Redis is down when the publish starts and back 300 ms later: the publish is retried
+    // and lands exactly once.
+    redis.kill();
+    let publish = {
+        let http = http.clone();
+        let url = a.url("/v1.0/publish/events/orders");
+        tokio::spawn(async move {
+            http.post(url)
+                .header("content-type", "application/json")
+                .body(r#"{"order":1}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    redis.restart();
+    assert_eq!(publish.await.unwrap(), 204);
+    assert_eq!(redis.cli(&["XLEN", "orders"]), "1");
 }

@@ -72,7 +72,12 @@ impl ActiveConfig {
             previous.map(|p| &p.state_stores),
             context.breakers,
         )?;
-        let pubsubs = open_pubsubs(&snapshot, context.app_id, previous.map(|p| &p.pubsubs))?;
+        let pubsubs = open_pubsubs(
+            &snapshot,
+            context.app_id,
+            previous.map(|p| &p.pubsubs),
+            context.breakers,
+        )?;
         let clusters: HashMap<String, Arc<AppTarget>> = snapshot
             .clusters
             .values()

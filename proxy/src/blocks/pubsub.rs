@@ -196,13 +196,27 @@ pub(crate) async fn send(
     let topic = outgoing.topic.clone();
     let in_process = entry.component.opened.settings.in_process;
     let copy = in_process.then(|| outgoing.clone());
+    let broker = &entry.component.opened.broker;
+    // A copy is kept only when a retry policy may send the message again.
+    let retained = entry.outbound.retry.is_some().then(|| outgoing.clone());
+    let mut first = Some(outgoing);
     let result = entry
-        .component
-        .opened
-        .broker
-        .publish(outgoing)
-        .await
-        .map_err(|e| format!("component {component}: {e}"));
+        .outbound
+        .run(
+            || {
+                let message = first.take().or_else(|| retained.clone());
+                async move {
+                    let message = message.ok_or("the message was already sent")?;
+                    broker
+                        .publish(message)
+                        .await
+                        .map_err(|e| format!("component {component}: {e}"))
+                }
+            },
+            |_| true,
+            |failure| format!("component {component}: {failure}"),
+        )
+        .await;
     shared
         .metrics
         .pubsub

@@ -79,13 +79,9 @@ pub(crate) async fn get(
     key: &str,
 ) -> Result<Option<StateEntry>, BlockError> {
     check_key(key).map_err(BlockError::malformed)?;
+    let storage_key = store.opened.key_prefix.storage_key(key);
     store
-        .guarded(
-            store
-                .opened
-                .store
-                .get(&store.opened.key_prefix.storage_key(key)),
-        )
+        .guarded(|| store.opened.store.get(&storage_key))
         .await
         .map_err(|e| {
             state_error(
@@ -119,7 +115,7 @@ pub(crate) async fn delete(
         precondition,
     };
     store
-        .guarded(store.opened.store.delete(delete))
+        .guarded(|| store.opened.store.delete(delete.clone()))
         .await
         .map_err(|e| state_error(store, e, ERR_STATE_DELETE, context()))
 }
@@ -137,7 +133,7 @@ pub(crate) async fn save(store: &StateComponent, items: Vec<Item>) -> Result<(),
     }
     for request in requests {
         store
-            .guarded(store.opened.store.set(request))
+            .guarded(|| store.opened.store.set(request.clone()))
             .await
             .map_err(|e| state_error(store, e, ERR_STATE_SAVE, context()))?;
     }
@@ -167,7 +163,7 @@ pub(crate) async fn bulk_get(
             .map(|k| store.opened.key_prefix.storage_key(k))
             .collect();
         let entries = store
-            .guarded(store.opened.store.bulk_get(&storage_keys))
+            .guarded(|| store.opened.store.bulk_get(&storage_keys))
             .await
             .map_err(|e| {
                 state_error(
@@ -246,7 +242,7 @@ pub(crate) async fn transact(
         checked.push(operation.map_err(|e| e.into_block(store, ERR_STATE_TRANSACTION, context()))?);
     }
     store
-        .guarded(store.opened.store.transact(checked))
+        .guarded(|| store.opened.store.transact(checked.clone()))
         .await
         .map_err(|e| state_error(store, e, ERR_STATE_TRANSACTION, context()))
 }

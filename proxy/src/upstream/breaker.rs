@@ -51,7 +51,27 @@ struct State {
     phase: Phase,
     counts: Counts,
     counting_since: Instant,
+    /// Moves on at every change of phase and every fresh count: a call's result counts only
+    /// in the generation that admitted it.
+    generation: u64,
 }
+
+impl State {
+    fn new_generation(&mut self, phase: Phase, now: Instant) {
+        self.phase = phase;
+        self.counts = Counts::default();
+        self.counting_since = now;
+        self.generation += 1;
+    }
+}
+
+/// A call the breaker let through, tagged with the generation that admitted it. Its result is
+/// ignored once the breaker has moved on (opened, half-opened, closed, or started a new count
+/// interval), as gobreaker does: a slow failure from before a breaker closed cannot open it
+/// again, nor a late success close a half-open breaker that did not admit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) struct Admission(u64);
 
 #[derive(Debug)]
 pub(crate) struct Breaker {
@@ -87,6 +107,7 @@ impl Breaker {
                 phase: Phase::Closed,
                 counts: Counts::default(),
                 counting_since: Instant::now(),
+                generation: 0,
             }),
             transitions: None,
         }
@@ -100,12 +121,13 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go now; a half-open breaker admits `maxRequests` calls.
-    pub(crate) fn allow(&self) -> bool {
+    /// Whether a call may go now (`None`: refused); a half-open breaker admits
+    /// `maxRequests` calls.
+    pub(crate) fn allow(&self) -> Option<Admission> {
         self.allow_at(Instant::now())
     }
 
-    fn allow_at(&self, now: Instant) -> bool {
+    fn allow_at(&self, now: Instant) -> Option<Admission> {
         let mut state = self.state.lock();
         match state.phase {
             Phase::Closed => {
@@ -113,52 +135,57 @@ impl Breaker {
                     .interval
                     .is_some_and(|i| now.duration_since(state.counting_since) >= i)
                 {
-                    state.counts = Counts::default();
-                    state.counting_since = now;
+                    state.new_generation(Phase::Closed, now);
                 }
-                true
             }
-            Phase::Open { until } if now < until => false,
+            Phase::Open { until } if now < until => return None,
             Phase::Open { .. } => {
                 tracing::info!(breaker = %self.name, "circuit breaker half-open: letting probes through");
-                state.phase = Phase::HalfOpen {
-                    admitted: 1,
-                    since: now,
-                };
-                state.counts = Counts::default();
+                state.new_generation(
+                    Phase::HalfOpen {
+                        admitted: 1,
+                        since: now,
+                    },
+                    now,
+                );
                 self.moved_to("half-open");
-                true
             }
             Phase::HalfOpen { admitted, since } if admitted < self.max_requests => {
                 state.phase = Phase::HalfOpen {
                     admitted: admitted + 1,
                     since,
                 };
-                true
             }
             Phase::HalfOpen { since, .. }
                 if now.saturating_duration_since(since) >= self.timeout =>
             {
-                // The probes let through never reported back: let new ones through.
-                state.phase = Phase::HalfOpen {
-                    admitted: 1,
-                    since: now,
-                };
-                true
+                // The probes let through never reported back: let new ones through (and
+                // ignore the lost ones, should they report after all).
+                state.new_generation(
+                    Phase::HalfOpen {
+                        admitted: 1,
+                        since: now,
+                    },
+                    now,
+                );
             }
-            Phase::HalfOpen { .. } => false,
+            Phase::HalfOpen { .. } => return None,
         }
+        Some(Admission(state.generation))
     }
 
     /// Records how an admitted call went.
-    pub(crate) fn record(&self, success: bool) {
-        self.record_at(success, Instant::now());
+    pub(crate) fn record(&self, admission: Admission, success: bool) {
+        self.record_at(admission, success, Instant::now());
     }
 
     /// Gives back an admitted call that says nothing about the target (the caller went away
     /// or sent a malformed request): counted neither way, its half-open slot freed.
-    pub(crate) fn release(&self) {
+    pub(crate) fn release(&self, admission: Admission) {
         let mut state = self.state.lock();
+        if admission.0 != state.generation {
+            return;
+        }
         if let Phase::HalfOpen { admitted, since } = state.phase {
             state.phase = Phase::HalfOpen {
                 admitted: admitted.saturating_sub(1),
@@ -167,8 +194,11 @@ impl Breaker {
         }
     }
 
-    fn record_at(&self, success: bool, now: Instant) {
+    fn record_at(&self, admission: Admission, success: bool, now: Instant) {
         let mut state = self.state.lock();
+        if admission.0 != state.generation {
+            return;
+        }
         let counts = &mut state.counts;
         counts.requests += 1;
         if success {
@@ -181,13 +211,10 @@ impl Breaker {
             counts.consecutive_successes = 0;
         }
         let open = |state: &mut State| {
-            state.phase = Phase::Open {
-                until: now
-                    .checked_add(self.timeout)
-                    .unwrap_or_else(|| now + LONGEST_TIMEOUT),
-            };
-            state.counts = Counts::default();
-            state.counting_since = now;
+            let until = now
+                .checked_add(self.timeout)
+                .unwrap_or_else(|| now + LONGEST_TIMEOUT);
+            state.new_generation(Phase::Open { until }, now);
             self.moved_to("open");
         };
         match state.phase {
@@ -203,9 +230,7 @@ impl Breaker {
                 if state.counts.consecutive_successes >= u64::from(self.max_requests) =>
             {
                 tracing::info!(breaker = %self.name, "circuit breaker closed");
-                state.phase = Phase::Closed;
-                state.counts = Counts::default();
-                state.counting_since = now;
+                state.new_generation(Phase::Closed, now);
                 self.moved_to("closed");
             }
             _ => {}
@@ -242,8 +267,12 @@ impl Breakers {
         policy: &CircuitBreakerPolicy,
     ) -> Arc<Breaker> {
         let key = format!("{target}\u{0}{name}\u{0}{policy:?}");
-        self.by_key
-            .lock()
+        let mut by_key = self.by_key.lock();
+        if !by_key.contains_key(&key) {
+            // A breaker only this map still holds belongs to a configuration that is gone.
+            by_key.retain(|_, breaker| Arc::strong_count(breaker) > 1);
+        }
+        by_key
             .entry(key)
             .or_insert_with(|| {
                 let mut breaker = Breaker::new(&format!("{target}/{name}"), policy);
@@ -280,28 +309,34 @@ mod tests {
         let b = breaker("consecutiveFailures > 3", 1000, 1);
         let start = Instant::now();
         for _ in 0..4 {
-            assert!(b.allow_at(start));
-            b.record_at(false, start);
+            let admitted = b.allow_at(start).unwrap();
+            b.record_at(admitted, false, start);
         }
         assert!(matches!(b.phase(), Phase::Open { .. }));
         assert!(
-            !b.allow_at(start + Duration::from_millis(999)),
+            b.allow_at(start + Duration::from_millis(999)).is_none(),
             "fails fast"
         );
         let later = start + Duration::from_millis(1000);
-        assert!(b.allow_at(later), "one half-open probe");
-        assert!(!b.allow_at(later), "and only one");
+        let lost = b.allow_at(later).expect("one half-open probe");
+        assert!(b.allow_at(later).is_none(), "and only one");
         // A probe that never reports back is given up on after another timeout.
         let much_later = later + Duration::from_millis(1000);
+        let released = b
+            .allow_at(much_later)
+            .expect("a lost probe does not stick half-open");
+        b.release(released);
+        let probe = b
+            .allow_at(much_later)
+            .expect("a released probe frees its slot");
+        b.record_at(lost, false, much_later);
         assert!(
-            b.allow_at(much_later),
-            "a lost probe does not stick half-open"
+            matches!(b.phase(), Phase::HalfOpen { .. }),
+            "the lost probe, reporting late, is ignored"
         );
-        b.release();
-        assert!(b.allow_at(much_later), "a released probe frees its slot");
-        b.record_at(true, later);
+        b.record_at(probe, true, much_later);
         assert_eq!(b.phase(), Phase::Closed);
-        assert!(b.allow_at(later));
+        assert!(b.allow_at(much_later).is_some());
     }
 
     #[test]
@@ -309,15 +344,24 @@ mod tests {
         let b = breaker("consecutiveFailures > 1", 100, 2);
         let start = Instant::now();
         for _ in 0..10 {
-            b.record_at(true, start);
+            let admitted = b.allow_at(start).unwrap();
+            b.record_at(admitted, true, start);
         }
         assert_eq!(b.phase(), Phase::Closed);
-        b.record_at(false, start);
-        b.record_at(false, start);
+        let slow = b.allow_at(start).unwrap();
+        for _ in 0..2 {
+            let admitted = b.allow_at(start).unwrap();
+            b.record_at(admitted, false, start);
+        }
         let later = start + Duration::from_millis(100);
-        assert!(b.allow_at(later));
-        assert!(b.allow_at(later), "maxRequests 2");
-        b.record_at(false, later);
+        let probe = b.allow_at(later).unwrap();
+        assert!(b.allow_at(later).is_some(), "maxRequests 2");
+        b.record_at(slow, true, later);
+        assert!(
+            matches!(b.phase(), Phase::HalfOpen { .. }),
+            "a call admitted while closed is no probe: its success closes nothing"
+        );
+        b.record_at(probe, false, later);
         assert!(matches!(b.phase(), Phase::Open { .. }));
     }
 
@@ -336,6 +380,11 @@ mod tests {
             max_requests: 2,
             ..policy.clone()
         };
-        assert!(!Arc::ptr_eq(&first, &breakers.get("b", "cb", &changed)));
+        let second = breakers.get("b", "cb", &changed);
+        assert!(!Arc::ptr_eq(&first, &second));
+        // Once the configuration that used the first is gone, the map lets go of it too.
+        drop(first);
+        let _third = breakers.get("c", "cb", &policy);
+        assert_eq!(breakers.all().len(), 2, "b under the changed policy, and c");
     }
 }

@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::balance::EndpointSet;
-use super::breaker::Breaker;
+use super::breaker::{Admission, Breaker};
 use super::endpoint::{Endpoint, FailureKind, Outcome};
 use super::h2::{Body, BoxError};
 use super::retry::AppRetry;
@@ -161,32 +161,40 @@ impl Failure {
 /// wrong).
 fn attempted(
     target: &Target<'_>,
+    admission: Option<Admission>,
     endpoint: &Endpoint,
     started: Instant,
     result: Result<u16, &Failure>,
 ) {
     report(endpoint, started, result);
-    breaker_records(target, result);
+    breaker_records(target, admission, result);
 }
 
-/// A call the target's breaker refuses, if it does.
-fn breaker_refuses(target: &Target<'_>) -> Option<Failure> {
-    target.breaker.is_some_and(|b| !b.allow()).then(|| Failure {
-        error: UpstreamError::BreakerOpen,
-        address: None,
-    })
+/// Asks the target's breaker to let an attempt through (`Ok(None)`: there is none).
+fn admit(target: &Target<'_>) -> Result<Option<Admission>, Failure> {
+    match target.breaker {
+        None => Ok(None),
+        Some(breaker) => breaker.allow().map(Some).ok_or(Failure {
+            error: UpstreamError::BreakerOpen,
+            address: None,
+        }),
+    }
 }
 
 /// Records a whole call (one attempt) with the target's breaker.
-fn breaker_records(target: &Target<'_>, result: Result<u16, &Failure>) {
-    let Some(breaker) = target.breaker else {
+fn breaker_records(
+    target: &Target<'_>,
+    admission: Option<Admission>,
+    result: Result<u16, &Failure>,
+) {
+    let (Some(breaker), Some(admission)) = (target.breaker, admission) else {
         return;
     };
     match result {
-        Ok(status) => breaker.record(status < 500),
+        Ok(status) => breaker.record(admission, status < 500),
         // The client's own doing says nothing about the target.
-        Err(failure) if failure.client_fault().is_some() => breaker.release(),
-        Err(_) => breaker.record(false),
+        Err(failure) if failure.client_fault().is_some() => breaker.release(admission),
+        Err(_) => breaker.record(admission, false),
     }
 }
 
@@ -277,12 +285,7 @@ async fn h1_to_h1(
             }));
         };
         // Each attempt asks the breaker (breaker inside retry, as daprd wraps them).
-        if target.breaker.is_some_and(|b| !b.allow()) {
-            return Err(Failure {
-                error: UpstreamError::BreakerOpen,
-                address: None,
-            });
-        }
+        let admission = admit(target)?;
         let started = Instant::now();
         let in_flight = endpoint.begin();
         // Held back for a retry: a status the policy retries, while retries remain.
@@ -300,7 +303,7 @@ async fn h1_to_h1(
                 Ok(conn) => conn,
                 Err(e) => {
                     let failure = Failure::at(UpstreamError::Connect(e), endpoint);
-                    attempted(target, endpoint, started, Err(&failure));
+                    attempted(target, admission, endpoint, started, Err(&failure));
                     tried.push(index);
                     last = Some(failure);
                     continue;
@@ -326,7 +329,7 @@ async fn h1_to_h1(
                 }
                 Err(e) => {
                     let failure = Failure::at(UpstreamError::Connect(e), endpoint);
-                    attempted(target, endpoint, started, Err(&failure));
+                    attempted(target, admission, endpoint, started, Err(&failure));
                     tried.push(index);
                     last = Some(failure);
                     continue;
@@ -335,14 +338,14 @@ async fn h1_to_h1(
         }
         return match result {
             Ok(done) => {
-                attempted(target, endpoint, started, Ok(done.status));
+                attempted(target, admission, endpoint, started, Ok(done.status));
                 if done.reusable {
                     endpoint.pool.put(conn);
                 }
                 Ok(done.status)
             }
             Err(ForwardError::Held(status)) => {
-                attempted(target, endpoint, started, Ok(status));
+                attempted(target, admission, endpoint, started, Ok(status));
                 drop(conn); // its response body was never read
                 drop(in_flight);
                 // Held only while a retry remains (`hold_status`): the fallback never runs.
@@ -363,7 +366,7 @@ async fn h1_to_h1(
             }
             Err(e) => {
                 let failure = Failure::at(e, endpoint);
-                attempted(target, endpoint, started, Err(&failure));
+                attempted(target, admission, endpoint, started, Err(&failure));
                 let again = matches!(
                     &failure.error,
                     UpstreamError::Forward(e) if e.is_retryable() || matches!(e, ForwardError::Timeout(_))
@@ -444,13 +447,14 @@ fn is_idempotent(method: &http::Method) -> bool {
 }
 
 /// Picks an endpoint and its HTTP/2 connection; a connect failure moves on to the next.
+/// Endpoints in `tried` are skipped; every endpoint used is added to it.
 async fn h2_sender(
     target: &Target<'_>,
+    tried: &mut Vec<usize>,
 ) -> Result<(Arc<Endpoint>, hyper::client::conn::http2::SendRequest<Body>), Failure> {
-    let mut tried = Vec::new();
     let mut last = None;
     loop {
-        let Some((index, endpoint)) = target.set.pick_for(&tried, target.hash_key) else {
+        let Some((index, endpoint)) = target.set.pick_for(tried, target.hash_key) else {
             return Err(last.unwrap_or(Failure {
                 error: UpstreamError::NoEndpoint,
                 address: None,
@@ -461,7 +465,10 @@ async fn h2_sender(
             .sender(&endpoint.addr, target.connect_timeout)
             .await
         {
-            Ok(sender) => return Ok((endpoint.clone(), sender)),
+            Ok(sender) => {
+                tried.push(index);
+                return Ok((endpoint.clone(), sender));
+            }
             Err(e) => {
                 let failure = Failure::at(UpstreamError::Connect(e), endpoint);
                 report(endpoint, Instant::now(), Err(&failure));
@@ -493,13 +500,16 @@ async fn h1_to_h2(
     target: &Target<'_>,
     edits: &HeaderEdits<'_>,
 ) -> Result<u16, Failure> {
-    if let Some(refused) = breaker_refuses(target) {
-        return Err(refused);
+    if let Some(retry) = target.retry {
+        if let Some(body) = whole_h1_body(down).await? {
+            return h1_to_h2_retrying(down, target, edits, retry, body).await;
+        }
     }
-    let (endpoint, mut sender) = match h2_sender(target).await {
+    let admission = admit(target)?;
+    let (endpoint, mut sender) = match h2_sender(target, &mut Vec::new()).await {
         Ok(picked) => picked,
         Err(failure) => {
-            breaker_records(target, Err(&failure));
+            breaker_records(target, admission, Err(&failure));
             return Err(failure);
         }
     };
@@ -507,7 +517,7 @@ async fn h1_to_h2(
     let _in_flight = endpoint.begin();
     let result = h1_to_h2_exchange(down, &endpoint, &mut sender, target, edits).await;
     report(&endpoint, started, result.as_ref().copied());
-    breaker_records(target, result.as_ref().copied());
+    breaker_records(target, admission, result.as_ref().copied());
     result
 }
 
@@ -519,25 +529,8 @@ async fn h1_to_h2_exchange(
     edits: &HeaderEdits<'_>,
 ) -> Result<u16, Failure> {
     let fail = |error: UpstreamError| Failure::at(error, endpoint);
-    let head = &down.head;
-    let host = head
-        .header("host")
-        .and_then(|h| std::str::from_utf8(h).ok());
-    let path = edits.target.unwrap_or(head.target());
-    let uri = h2_uri(host, endpoint, path).map_err(fail)?;
-    let mut headers = http::HeaderMap::new();
-    let connection = ConnectionTokens::of(head.headers());
-    for (name, value) in head.headers() {
-        if name.eq_ignore_ascii_case(b"host") || !head::forwards(name, &connection, edits) {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) =
-            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
-        {
-            headers.append(name, value);
-        }
-    }
-    add_edits(&mut headers, edits);
+    let uri = h1_uri(down, endpoint, edits).map_err(fail)?;
+    let headers = h2_headers_of_h1(down, edits);
     let (body, frames) = if down.body.is_done() {
         (Empty::new().map_err(|never| match never {}).boxed(), None)
     } else {
@@ -548,7 +541,7 @@ async fn h1_to_h2_exchange(
     // Kept to cut the request stream if the answer comes before the body is sent whole.
     let mut abort = frames.clone();
     let mut request = Request::new(body);
-    *request.method_mut() = head.method.clone();
+    *request.method_mut() = down.head.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = http::Version::HTTP_2;
     *request.headers_mut() = headers;
@@ -616,6 +609,202 @@ async fn h1_to_h2_exchange(
         down.keep_alive = false;
     }
     write_h2_response(down, response).await.map_err(fail)
+}
+
+/// The URI of an HTTP/1.1 client's request for an HTTP/2 upstream.
+fn h1_uri(
+    down: &ServerConn,
+    endpoint: &Endpoint,
+    edits: &HeaderEdits<'_>,
+) -> Result<http::Uri, UpstreamError> {
+    let host = down
+        .head
+        .header("host")
+        .and_then(|h| std::str::from_utf8(h).ok());
+    h2_uri(host, endpoint, edits.target.unwrap_or(down.head.target()))
+}
+
+/// The end-to-end headers of an HTTP/1.1 client's request (no `Host`: the URI carries the
+/// authority), edits applied.
+fn h2_headers_of_h1(down: &ServerConn, edits: &HeaderEdits<'_>) -> http::HeaderMap {
+    let head = &down.head;
+    let mut headers = http::HeaderMap::new();
+    let connection = ConnectionTokens::of(head.headers());
+    for (name, value) in head.headers() {
+        if name.eq_ignore_ascii_case(b"host") || !head::forwards(name, &connection, edits) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            headers.append(name, value);
+        }
+    }
+    add_edits(&mut headers, edits);
+    headers
+}
+
+/// The largest request body kept in memory so that the request can be sent again under a
+/// retry policy. A longer one, or one of unknown length, streams and is sent once.
+pub(crate) const RETRY_BODY_LIMIT: u64 = 64 * 1024;
+
+/// An HTTP/1.1 client's whole request body, read into memory when its declared length is
+/// within [`RETRY_BODY_LIMIT`] (`None` otherwise: it is to stream).
+async fn whole_h1_body(down: &mut ServerConn) -> Result<Option<Bytes>, Failure> {
+    if down.body.is_done() {
+        return Ok(Some(Bytes::new()));
+    }
+    if !matches!(down.head.body, BodyLength::Length(n) if n <= RETRY_BODY_LIMIT) {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match down.next_body_chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return Ok(Some(body.freeze())),
+            Err(e) => {
+                return Err(Failure {
+                    error: ForwardError::RequestBody(e).into(),
+                    address: None,
+                })
+            }
+        }
+    }
+}
+
+/// Whether a failed attempt is worth making again: anything but the client's own doing, an
+/// open breaker or a request that cannot be built.
+fn retryable_failure(failure: &Failure) -> bool {
+    failure.client_fault().is_none()
+        && !matches!(
+            failure.error,
+            UpstreamError::BreakerOpen | UpstreamError::BadRequest(_)
+        )
+}
+
+/// The wait before an attempt at a request kept whole is made again, if the policy retries
+/// what `result` was and a retry remains in the schedule and the app's budget.
+fn again_after<R>(
+    retry: &AppRetry,
+    retries: u32,
+    result: &Result<Response<R>, Failure>,
+) -> Option<Duration> {
+    let wanted = match result {
+        Ok(response) => retry
+            .schedule
+            .retries_invocation_status(response.status().as_u16()),
+        Err(failure) => retryable_failure(failure),
+    };
+    if !wanted {
+        return None;
+    }
+    retry_wait(Some(retry), retries, false).filter(|_| within_budget(Some(retry)))
+}
+
+/// One attempt at an HTTP/2 upstream with a request kept whole: an endpoint not in `tried`
+/// (recorded there), the request, the response head within the target's timeout.
+async fn h2_attempt(
+    target: &Target<'_>,
+    tried: &mut Vec<usize>,
+    request: impl Fn(&Endpoint) -> Result<Request<Body>, UpstreamError>,
+) -> Result<Response<Incoming>, Failure> {
+    let (endpoint, mut sender) = h2_sender(target, tried).await?;
+    let fail = |error: UpstreamError| Failure::at(error, &endpoint);
+    let started = Instant::now();
+    let _in_flight = endpoint.begin();
+    let send = sender.send_request(request(&endpoint).map_err(fail)?);
+    let result = match target.head_timeout {
+        Some(limit) => tokio::time::timeout(limit, send)
+            .await
+            .map_err(|_| fail(UpstreamError::Timeout(limit)))
+            .and_then(|r| r.map_err(|e| fail(e.into()))),
+        None => send.await.map_err(|e| fail(e.into())),
+    };
+    report(
+        &endpoint,
+        started,
+        result.as_ref().map(|r| r.status().as_u16()),
+    );
+    result
+}
+
+/// Starts over when every endpoint was tried this round.
+fn next_round(target: &Target<'_>, tried: &mut Vec<usize>) {
+    if tried.len() >= target.set.len() {
+        tried.clear();
+    }
+}
+
+/// An HTTP/1.1 client's request, whole in memory, to an HTTP/2 upstream under a retry
+/// policy: each attempt asks the breaker and has its own timeout (timeout inside breaker
+/// inside retry); a retried status is dropped unread; the last attempt's answer is the one
+/// the client gets.
+async fn h1_to_h2_retrying(
+    down: &mut ServerConn,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+    retry: &AppRetry,
+    body: Bytes,
+) -> Result<u16, Failure> {
+    retry.budget.call();
+    let headers = h2_headers_of_h1(down, edits);
+    let method = down.head.method.clone();
+    let host = down
+        .head
+        .header("host")
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .map(str::to_string);
+    let path = edits.target.unwrap_or(down.head.target()).to_string();
+    let mut tried = Vec::new();
+    let mut retries = 0u32;
+    loop {
+        next_round(target, &mut tried);
+        let admission = admit(target)?;
+        let request = |endpoint: &Endpoint| {
+            let mut request = Request::new(
+                http_body_util::Full::new(body.clone())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = h2_uri(host.as_deref(), endpoint, &path)?;
+            *request.version_mut() = http::Version::HTTP_2;
+            *request.headers_mut() = headers.clone();
+            Ok(request)
+        };
+        let attempt = h2_attempt(target, &mut tried, request);
+        let result = tokio::select! {
+            result = attempt => result,
+            () = down.client_gone() => {
+                let gone = client_gone();
+                breaker_records(target, admission, Err(&gone));
+                return Err(gone);
+            }
+        };
+        breaker_records(
+            target,
+            admission,
+            result.as_ref().map(|r| r.status().as_u16()),
+        );
+        let Some(wait) = again_after(retry, retries, &result) else {
+            let response = result?;
+            let address = tried
+                .last()
+                .map(|i| target.set.members[*i].endpoint.clone());
+            return write_h2_response(down, response)
+                .await
+                .map_err(|error| Failure {
+                    error,
+                    address: address.map(|e| e.address.clone()),
+                });
+        };
+        drop(result);
+        if !backoff(down, wait).await {
+            return Err(client_gone());
+        }
+        retries += 1;
+        retry.retried.inc();
+    }
 }
 
 fn add_edits(headers: &mut http::HeaderMap, edits: &HeaderEdits<'_>) {
@@ -704,15 +893,107 @@ where
     B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    if let Some(refused) = breaker_refuses(target) {
-        return Err(refused);
+    if let Some(retry) = target.retry {
+        let (parts, body) = request.into_parts();
+        return match whole_h2_body(body).await? {
+            Ok(body) => from_h2_retrying(parts, body, target, edits, retry).await,
+            Err(body) => from_h2_once(Request::from_parts(parts, body), target, edits).await,
+        };
     }
+    from_h2_once(request, target, edits).await
+}
+
+/// The longest an HTTP/2 request body that is to be kept for retries may take to arrive.
+const RETRY_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An HTTP/2 request body, read into memory when it is known to be within
+/// [`RETRY_BODY_LIMIT`] (it has ended, or its length is declared); otherwise given back to
+/// stream. A body that breaks off or takes longer than [`RETRY_BODY_TIMEOUT`] is the
+/// client's fault.
+async fn whole_h2_body<B>(body: B) -> Result<Result<Bytes, B>, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    use crate::http1::server::BodyError;
+    let known_small = http_body::Body::is_end_stream(&body)
+        || http_body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n <= RETRY_BODY_LIMIT);
+    if !known_small {
+        return Ok(Err(body));
+    }
+    let limited = http_body_util::Limited::new(body, RETRY_BODY_LIMIT as usize);
+    match tokio::time::timeout(RETRY_BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(Ok(collected.to_bytes())),
+        Ok(Err(e)) => Err(Failure {
+            error: UpstreamError::BadRequest(format!("reading the request body: {e}")),
+            address: None,
+        }),
+        Err(_) => Err(Failure {
+            error: ForwardError::RequestBody(BodyError::Timeout(RETRY_BODY_TIMEOUT)).into(),
+            address: None,
+        }),
+    }
+}
+
+/// One attempt, guarded by the target's breaker.
+async fn from_h2_once<B>(
+    request: Request<B>,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+) -> Result<Response<Body>, Failure>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let admission = admit(target)?;
+    let mut tried = Vec::new();
     let result = match target.protocol {
-        Protocol::H2c => h2_to_h2(request, target, edits).await,
-        Protocol::Http1 => h2_to_h1(request, target, edits).await,
+        Protocol::H2c => h2_to_h2(request, target, edits, &mut tried).await,
+        Protocol::Http1 => h2_to_h1(request, target, edits, &mut tried).await,
     };
-    breaker_records(target, result.as_ref().map(|r| r.status().as_u16()));
+    breaker_records(
+        target,
+        admission,
+        result.as_ref().map(|r| r.status().as_u16()),
+    );
     result
+}
+
+/// A request kept whole, sent again while the policy says so (as [`h1_to_h2_retrying`]).
+/// Dropping the future (the client reset its stream) ends the retries.
+async fn from_h2_retrying(
+    parts: http::request::Parts,
+    body: Bytes,
+    target: &Target<'_>,
+    edits: &HeaderEdits<'_>,
+    retry: &AppRetry,
+) -> Result<Response<Body>, Failure> {
+    retry.budget.call();
+    let mut tried = Vec::new();
+    let mut retries = 0u32;
+    loop {
+        next_round(target, &mut tried);
+        let admission = admit(target)?;
+        let request = Request::from_parts(parts.clone(), http_body_util::Full::new(body.clone()));
+        let result = match target.protocol {
+            Protocol::H2c => h2_to_h2(request, target, edits, &mut tried).await,
+            Protocol::Http1 => h2_to_h1(request, target, edits, &mut tried).await,
+        };
+        breaker_records(
+            target,
+            admission,
+            result.as_ref().map(|r| r.status().as_u16()),
+        );
+        let Some(wait) = again_after(retry, retries, &result) else {
+            return result;
+        };
+        drop(result);
+        tokio::time::sleep(wait).await;
+        retries += 1;
+        retry.retried.inc();
+    }
 }
 
 fn to_box_error<E: Into<BoxError>>(e: E) -> BoxError {
@@ -723,12 +1004,13 @@ async fn h2_to_h2<B>(
     request: Request<B>,
     target: &Target<'_>,
     edits: &HeaderEdits<'_>,
+    tried: &mut Vec<usize>,
 ) -> Result<Response<Body>, Failure>
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let (endpoint, mut sender) = h2_sender(target).await?;
+    let (endpoint, mut sender) = h2_sender(target, tried).await?;
     let started = Instant::now();
     let _in_flight = endpoint.begin();
     let fail = |error: UpstreamError| Failure::at(error, &endpoint);
@@ -769,6 +1051,7 @@ async fn h2_to_h1<B>(
     request: Request<B>,
     target: &Target<'_>,
     edits: &HeaderEdits<'_>,
+    tried: &mut Vec<usize>,
 ) -> Result<Response<Body>, Failure>
 where
     B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -791,10 +1074,9 @@ where
     write_h2_request_head(&mut head_bytes, &parts, edits, framing);
     let request_was_head = parts.method == http::Method::HEAD;
 
-    let mut tried = Vec::new();
     let mut last = None;
     let (endpoint, mut conn, started) = loop {
-        let Some((index, endpoint)) = target.set.pick_for(&tried, target.hash_key) else {
+        let Some((index, endpoint)) = target.set.pick_for(tried, target.hash_key) else {
             return Err(last.unwrap_or(Failure {
                 error: UpstreamError::NoEndpoint,
                 address: None,
@@ -802,9 +1084,15 @@ where
         };
         let started = Instant::now();
         match endpoint.pool.take() {
-            Some(conn) => break (endpoint.clone(), conn, started),
+            Some(conn) => {
+                tried.push(index);
+                break (endpoint.clone(), conn, started);
+            }
             None => match connect(endpoint, target.connect_timeout).await {
-                Ok(conn) => break (endpoint.clone(), conn, started),
+                Ok(conn) => {
+                    tried.push(index);
+                    break (endpoint.clone(), conn, started);
+                }
                 Err(e) => {
                     let failure = Failure::at(UpstreamError::Connect(e), endpoint);
                     report(endpoint, started, Err(&failure));
