@@ -237,7 +237,7 @@ async fn ring_hash_without_hash_on_is_a_startup_error_naming_the_field() {
 }
 
 /// A `Resiliency` timeout for the target app bounds invocations of it: 504 naming the app, the
-/// instance and the limit; a quick call is unaffected.
+/// instance and the limit, after the retries the policy allows; a quick call is unaffected.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resiliency_timeout_for_the_target_app_answers_504_naming_it() {
     let instances = three_instances();
@@ -246,7 +246,7 @@ async fn a_resiliency_timeout_for_the_target_app_answers_504_naming_it() {
     std::fs::write(
         resources.path().join("mesh.yaml"),
         format!(
-            "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b}}\nspec:\n  endpoints: [{{address: {endpoint}}}]\n---\napiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {{name: limits}}\nspec:\n  policies:\n    timeouts: {{fast: 100ms}}\n  targets:\n    apps:\n      b: {{timeout: fast}}\n"
+            "apiVersion: outrigger.dev/v1alpha1\nkind: Cluster\nmetadata: {{name: b}}\nspec:\n  endpoints: [{{address: {endpoint}}}]\n---\napiVersion: dapr.io/v1alpha1\nkind: Resiliency\nmetadata: {{name: limits}}\nspec:\n  policies:\n    timeouts: {{fast: 100ms}}\n    retries:\n      twice: {{policy: constant, duration: 10ms, maxRetries: 2}}\n  targets:\n    apps:\n      b: {{timeout: fast, retry: twice}}\n"
         ),
     )
     .unwrap();
@@ -280,6 +280,11 @@ async fn a_resiliency_timeout_for_the_target_app_answers_504_naming_it() {
     let metrics = metrics_text(&caller).await;
     assert!(
         metrics.contains("outrigger_timeouts_total{app_id=\"b\"} 1"),
+        "{metrics}"
+    );
+    // Each attempt timed out and was retried per the policy: two retries, then the 504.
+    assert!(
+        metrics.contains("outrigger_retries_total{app_id=\"b\"} 2"),
         "{metrics}"
     );
 }
