@@ -268,11 +268,10 @@ impl Endpoint {
     /// waiting for a 30 ms presumption to decay below the others' measured latency.
     pub(crate) fn peak_ewma_cost(&self, other: &Endpoint) -> f64 {
         let now = Instant::now();
-        let estimate = self
-            .stats
-            .peak
-            .lock()
-            .measured_ns(now)
+        // One lock at a time: holding ours while taking the other's would deadlock with a
+        // pick on another thread comparing the same two endpoints the other way round.
+        let own = self.stats.peak.lock().measured_ns(now);
+        let estimate = own
             .or_else(|| other.stats.peak.lock().measured_ns(now))
             .unwrap_or(PEAK_EWMA_DEFAULT_RTT.as_nanos() as f64);
         let pending = self.stats.in_flight.load(Ordering::Relaxed) as f64;
@@ -342,6 +341,30 @@ impl Endpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_threads_comparing_the_same_unmeasured_pair_both_ways_never_deadlock() {
+        // The pick on one thread costs (a, b) while another costs (b, a); with neither
+        // measured each reads the other's estimate. Holding one lock while taking the other
+        // deadlocked the sidecar's two workers at cold start under concurrent calls.
+        let endpoints = Endpoints::default();
+        let (a, b) = (endpoints.get("127.0.0.1:1"), endpoints.get("127.0.0.1:2"));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for (x, y) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                for _ in 0..200_000 {
+                    std::hint::black_box(x.peak_ewma_cost(&y));
+                }
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..2 {
+            done_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("a cost computation deadlocked");
+        }
+    }
 
     #[test]
     fn an_address_names_one_endpoint_while_someone_holds_it() {
