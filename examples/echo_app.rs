@@ -8,6 +8,8 @@
 //! - `/upload`: reads the body as it arrives and answers `{"bytes": N}`
 //! - `/download?bytes=N`: streams N bytes
 //! - `/slow?ms=N`: answers after N milliseconds
+//! - `/echo-app/requests`: how many requests it served before this one, not counting the
+//!   sidecar's own `/dapr/*` calls (`{"requests": N}`)
 //!
 //! `ECHO_DELAY_MS=N` in the environment delays every answer by N milliseconds (a slow
 //! instance, for the load-balancing tests).
@@ -59,8 +61,18 @@ async fn main() {
     }
 }
 
+/// Requests served, for tests that check whether a call reached the app.
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn handle(req: Request<Incoming>, name: &'static str) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    if path == "/echo-app/requests" {
+        let served = SERVED.load(std::sync::atomic::Ordering::Relaxed);
+        return Ok(json(200, serde_json::json!({ "requests": served }), name));
+    }
+    if !path.starts_with("/dapr/") {
+        SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let query = req.uri().query().unwrap_or_default().to_string();
     let param = |key: &str| {
         query

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use outrigger_config::Snapshot;
-use outrigger_proxy::{AppProtocol, MovablePorts, Protocol, SidecarOptions};
+use outrigger_proxy::{AppProtocol, MovablePorts, MtlsOptions, Protocol, SidecarOptions};
 
 #[derive(Parser)]
 #[command(
@@ -123,6 +123,21 @@ struct CommonArgs {
     /// Turn off local-registry discovery (only mesh YAML clusters are reachable)
     #[arg(long)]
     no_discovery: bool,
+    /// Mutual TLS between sidecars: `on` (every mesh connection proves both sides' SPIFFE
+    /// identities; plaintext is refused) or `off` (plaintext, and callers' identities are
+    /// taken on trust — for debugging only)
+    #[arg(long, value_enum, default_value_t = MtlsArg::On)]
+    mtls: MtlsArg,
+    /// The SPIFFE trust domain of this sidecar's identity
+    #[arg(long, default_value = outrigger_proxy::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Directory of the local certificate authority that signs this host's workload
+    /// certificates, created on first use [default: `<registry dir>/ca`]
+    #[arg(long, env = "OUTRIGGER_CA_DIR", value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+    /// Lifetime of this sidecar's workload certificate; it is renewed at about half of it
+    #[arg(long, default_value = "24h", value_parser = parse_positive_duration)]
+    cert_ttl: Duration,
     /// On SIGTERM, how long to wait for requests in flight
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -173,6 +188,12 @@ struct CommonArgs {
 enum AppProtocolArg {
     Http,
     H2c,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MtlsArg {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -286,15 +307,15 @@ fn sidecar_options(common: CommonArgs, ports: Ports) -> SidecarOptions {
     options.api_token = common.dapr_api_token.filter(|t| !t.is_empty());
     options.app_api_token = common.app_api_token.filter(|t| !t.is_empty());
     options.control_plane = common.control_plane;
-    options.registry_dir = if common.no_discovery {
-        None
-    } else {
-        Some(
-            common
-                .registry_dir
-                .unwrap_or_else(outrigger_proxy::default_registry_dir),
-        )
-    };
+    let registry_dir = common
+        .registry_dir
+        .unwrap_or_else(outrigger_proxy::default_registry_dir);
+    options.mtls = (common.mtls == MtlsArg::On).then(|| MtlsOptions {
+        trust_domain: common.trust_domain,
+        ca_dir: common.ca_dir.unwrap_or_else(|| registry_dir.join("ca")),
+        cert_ttl: common.cert_ttl,
+    });
+    options.registry_dir = (!common.no_discovery).then_some(registry_dir);
     options.drain_timeout = common.drain_timeout;
     options.max_request_header_bytes = common.max_request_headers_kb * 1024;
     options.max_body_bytes = common.max_body_size;

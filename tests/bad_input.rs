@@ -101,7 +101,7 @@ async fn garbage_instead_of_http_is_400() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_mesh_listener_refuses_the_same_malformed_requests() {
-    let mesh = start_pair();
+    let mesh = start_plaintext_pair();
     let mesh_addr = std::net::SocketAddr::from(([127, 0, 0, 1], mesh.b.mesh.port()));
     let request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     let (response, closed) = raw_exchange(mesh_addr, request).await;
@@ -132,7 +132,7 @@ async fn a_content_length_list_is_400_even_when_the_values_agree() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_without_host_is_400() {
-    let mesh = start_pair();
+    let mesh = start_plaintext_pair();
     assert_refused(
         mesh.a.dapr_http,
         b"GET /v1.0/invoke/b/method/echo HTTP/1.1\r\nX-Other: 1\r\n\r\n",
@@ -161,7 +161,7 @@ async fn a_transfer_coding_other_than_chunked_is_501() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_is_501_on_every_listener() {
-    let mesh = start_pair();
+    let mesh = start_plaintext_pair();
     for request in [
         &b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"[..],
         b"CONNECT /x HTTP/1.1\r\nHost: x\r\n\r\n",

@@ -1,5 +1,5 @@
 //! `outrigger bench` end to end, tiny: every scenario (direct, Outrigger 1 and 2 hops on one
-//! and on the default worker threads, nginx and haproxy 2 hops) really runs, and the report, raw results and plots are written. Counts and
+//! and on the default worker threads, 2 hops over mTLS, nginx and haproxy 2 hops) really runs, and the report, raw results and plots are written. Counts and
 //! presence only — performance is never asserted in tests.
 
 mod support;
@@ -9,11 +9,12 @@ use std::process::Command;
 use serde_json::Value;
 use support::outrigger_bin;
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "direct",
     "outrigger-1hop",
     "outrigger-2hop",
     "outrigger-2hop-mt",
+    "outrigger-2hop-mtls",
     "nginx-2hop",
     "haproxy-2hop",
 ];

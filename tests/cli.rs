@@ -86,8 +86,19 @@ async fn two_runs_on_one_host_find_each_other_with_no_configuration() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-echo-app"], "b");
-    let entries = std::fs::read_dir(registry.path()).unwrap().count();
+    let entries = std::fs::read_dir(registry.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
     assert_eq!(entries, 2, "one registry entry per sidecar");
+    // And the call went over mTLS with no setup: the local CA next to the registry.
+    assert!(registry.path().join("ca/ca.pem").exists());
 }
 
 #[test]

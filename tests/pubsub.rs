@@ -659,7 +659,9 @@ async fn the_in_memory_hand_over_is_refused_from_beyond_loopback() {
         {"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}
     ])))
     .await;
-    let consumer = broker.sidecar("consumer", Some(&app));
+    // Plaintext on the mesh port, so that the test itself can reach the hand-over endpoint
+    // (under mTLS a client without a certificate never gets this far).
+    let consumer = broker.sidecar_with("consumer", Some(&app), SidecarBuilder::plaintext);
     wait_subscribed(&consumer, 1).await;
     let hand_over = |host: String| {
         let url = format!(
@@ -704,7 +706,7 @@ async fn the_in_memory_hand_over_is_refused_from_beyond_loopback() {
         ),
     }
     // An app invoking that path on another app reaches the app, not its sidecar's broker.
-    let producer = broker.sidecar("producer", None);
+    let producer = broker.sidecar_with("producer", None, SidecarBuilder::plaintext);
     let response = client()
         .post(producer.url("/v1.0/invoke/consumer/method/.outrigger/pubsub/pubsub/orders"))
         .header("outrigger-pubsub-metadata", "{}")

@@ -25,12 +25,17 @@ struct Setup {
 async fn setup(b_flags: &[&str]) -> Setup {
     let registry = tempfile::tempdir().unwrap();
     let app = LiarApp::start().await;
-    let mut b = SidecarBuilder::new("b", registry.path()).app_port(app.port);
+    // Plaintext mesh hops: these tests write raw HTTP to b's mesh port.
+    let mut b = SidecarBuilder::new("b", registry.path())
+        .plaintext()
+        .app_port(app.port);
     for flag in b_flags {
         b = b.arg(flag);
     }
     let b = b.start();
-    let a = SidecarBuilder::new("a", registry.path()).start();
+    let a = SidecarBuilder::new("a", registry.path())
+        .plaintext()
+        .start();
     Setup {
         _registry: registry,
         app,
@@ -289,6 +294,7 @@ async fn a_client_that_never_reads_its_answer_is_cut_off_after_the_idle_timeout(
     let registry = tempfile::tempdir().unwrap();
     let app = start_echo_app("b");
     let b = SidecarBuilder::new("b", registry.path())
+        .plaintext()
         .app_port(app.port)
         .arg("--idle-timeout")
         .arg("1s")
@@ -327,6 +333,7 @@ async fn a_client_whose_body_stops_arriving_gets_408_not_a_blamed_app() {
     let registry = tempfile::tempdir().unwrap();
     let app = start_echo_app("b");
     let b = SidecarBuilder::new("b", registry.path())
+        .plaintext()
         .app_port(app.port)
         .arg("--idle-timeout")
         .arg("1s")
@@ -346,6 +353,7 @@ async fn an_http10_request_reaches_the_app_with_a_host() {
     let registry = tempfile::tempdir().unwrap();
     let app = RecordingApp::start().await;
     let b = SidecarBuilder::new("b", registry.path())
+        .plaintext()
         .app_port(app.port)
         .start();
     let (text, _) = raw_exchange(local(b.mesh), b"GET /old HTTP/1.0\r\n\r\n").await;

@@ -20,13 +20,13 @@ struct RecordedPair {
     a: SidecarProc,
 }
 
-async fn recorded_pair() -> RecordedPair {
+/// `plaintext`: the mesh hop without mTLS, for a test that writes to b's mesh port itself.
+async fn recorded_pair(plaintext: bool) -> RecordedPair {
     let registry = tempfile::tempdir().expect("tempdir");
     let app = RecordingApp::start().await;
-    let b = SidecarBuilder::new("b", registry.path())
-        .app_port(app.port)
-        .start();
-    let a = SidecarBuilder::new("a", registry.path()).start();
+    let flags = |b: SidecarBuilder| if plaintext { b.plaintext() } else { b };
+    let b = flags(SidecarBuilder::new("b", registry.path()).app_port(app.port)).start();
+    let a = flags(SidecarBuilder::new("a", registry.path())).start();
     RecordedPair {
         _registry: registry,
         app,
@@ -93,7 +93,7 @@ fn assert_one_terminator_then_the_next_request(app: &RecordingApp, next: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chunked_upload_through_two_sidecars_ends_with_exactly_one_terminating_chunk() {
-    let pair = recorded_pair().await;
+    let pair = recorded_pair(false).await;
     let http = client();
     let upload = http
         .post(pair.a.url("/v1.0/invoke/b/method/upload"))
@@ -117,7 +117,7 @@ async fn a_chunked_upload_through_two_sidecars_ends_with_exactly_one_terminating
 async fn a_streamed_http2_upload_to_the_mesh_port_reaches_the_app_with_one_terminating_chunk() {
     // The pingora bug this engine replaced (cloudflare/pingora#935): an h2 body forwarded as
     // HTTP/1.1 chunks got its terminating chunk twice.
-    let pair = recorded_pair().await;
+    let pair = recorded_pair(true).await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .timeout(Duration::from_secs(30))
@@ -204,7 +204,7 @@ async fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<(String, Vec<u8
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_pipelined_requests_are_answered_in_order() {
-    let mesh = start_pair();
+    let mesh = start_plaintext_pair();
     for addr in [mesh.a.dapr_http, local(mesh.b.mesh)] {
         let prefix = if addr == mesh.a.dapr_http {
             "/v1.0/invoke/b/method"
@@ -305,6 +305,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 async fn silent_partial_and_preface_only_connections_to_the_mesh_port_are_closed() {
     let registry = tempfile::tempdir().unwrap();
     let b = SidecarBuilder::new("b", registry.path())
+        .plaintext()
         .arg("--header-timeout")
         .arg("1s")
         .arg("--idle-timeout")

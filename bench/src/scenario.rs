@@ -31,6 +31,10 @@ pub enum ScenarioName {
     #[value(name = "outrigger-2hop-mt")]
     #[serde(rename = "outrigger-2hop-mt")]
     Outrigger2HopMt,
+    /// The 2-hop chain with mTLS on the sidecar-to-sidecar hop (the default outside benches).
+    #[value(name = "outrigger-2hop-mtls")]
+    #[serde(rename = "outrigger-2hop-mtls")]
+    Outrigger2HopMtls,
     #[value(name = "nginx-2hop")]
     #[serde(rename = "nginx-2hop")]
     Nginx2Hop,
@@ -40,11 +44,12 @@ pub enum ScenarioName {
 }
 
 impl ScenarioName {
-    pub const ALL: [ScenarioName; 6] = [
+    pub const ALL: [ScenarioName; 7] = [
         ScenarioName::Direct,
         ScenarioName::Outrigger1Hop,
         ScenarioName::Outrigger2Hop,
         ScenarioName::Outrigger2HopMt,
+        ScenarioName::Outrigger2HopMtls,
         ScenarioName::Nginx2Hop,
         ScenarioName::Haproxy2Hop,
     ];
@@ -55,6 +60,7 @@ impl ScenarioName {
             ScenarioName::Outrigger1Hop => "outrigger-1hop",
             ScenarioName::Outrigger2Hop => "outrigger-2hop",
             ScenarioName::Outrigger2HopMt => "outrigger-2hop-mt",
+            ScenarioName::Outrigger2HopMtls => "outrigger-2hop-mtls",
             ScenarioName::Nginx2Hop => "nginx-2hop",
             ScenarioName::Haproxy2Hop => "haproxy-2hop",
         }
@@ -135,7 +141,7 @@ impl Topology {
         if selected.contains(&ScenarioName::Outrigger1Hop)
             || selected.contains(&ScenarioName::Outrigger2Hop)
         {
-            let chain = OutriggerChain::start(exe, dir, app_port, 1, "", server_cpu)?;
+            let chain = OutriggerChain::start(exe, dir, app_port, 1, "", server_cpu, false)?;
             if selected.contains(&ScenarioName::Outrigger1Hop) {
                 scenarios.push(Scenario {
                     name: ScenarioName::Outrigger1Hop,
@@ -149,8 +155,13 @@ impl Topology {
             procs.extend([chain.b, chain.a]);
         }
         if selected.contains(&ScenarioName::Outrigger2HopMt) {
-            let chain = OutriggerChain::start(exe, dir, app_port, 0, "-mt", server_cpu)?;
+            let chain = OutriggerChain::start(exe, dir, app_port, 0, "-mt", server_cpu, false)?;
             scenarios.push(chain.two_hops(ScenarioName::Outrigger2HopMt));
+            procs.extend([chain.b, chain.a]);
+        }
+        if selected.contains(&ScenarioName::Outrigger2HopMtls) {
+            let chain = OutriggerChain::start(exe, dir, app_port, 1, "-mtls", server_cpu, true)?;
+            scenarios.push(chain.two_hops(ScenarioName::Outrigger2HopMtls));
             procs.extend([chain.b, chain.a]);
         }
 
@@ -220,7 +231,7 @@ struct OutriggerChain {
 
 impl OutriggerChain {
     /// `threads` worker threads per sidecar (0: the sidecar's default); `suffix` tells the
-    /// chains' files apart.
+    /// chains' files apart; `mtls`: the a → b hop over mTLS, from a CA of the chain's own.
     fn start(
         exe: &Path,
         dir: &Path,
@@ -228,17 +239,22 @@ impl OutriggerChain {
         threads: usize,
         suffix: &str,
         server_cpu: Option<usize>,
+        mtls: bool,
     ) -> anyhow::Result<OutriggerChain> {
         let log = |name: &str| dir.join("logs").join(format!("{name}{suffix}.log"));
+        let ca = mtls.then(|| dir.join(format!("ca{suffix}")));
         let b_mesh = free_port()?;
         let mut b = Proc::spawn(
             &format!("outrigger b{suffix}"),
             exe,
-            &sidecar_args("b", Some(app_port), b_mesh, None, threads),
+            &sidecar_args("b", Some(app_port), b_mesh, None, threads, ca.as_deref()),
             server_cpu,
             &log("outrigger-b"),
         )?;
-        wait_http_ok(&mut b, local(b_mesh), "/", READY_WITHIN)?;
+        if !mtls {
+            // Under mTLS b's mesh port answers no plaintext: a's first call proves it ready.
+            wait_http_ok(&mut b, local(b_mesh), "/", READY_WITHIN)?;
+        }
         let resources = dir.join(format!("outrigger-a{suffix}-resources"));
         std::fs::create_dir_all(&resources)?;
         std::fs::write(
@@ -251,7 +267,14 @@ impl OutriggerChain {
         let mut a = Proc::spawn(
             &format!("outrigger a{suffix}"),
             exe,
-            &sidecar_args("a", None, free_port()?, Some((a_http, &resources)), threads),
+            &sidecar_args(
+                "a",
+                None,
+                free_port()?,
+                Some((a_http, &resources)),
+                threads,
+                ca.as_deref(),
+            ),
             server_cpu,
             &log("outrigger-a"),
         )?;
@@ -289,6 +312,7 @@ fn sidecar_args(
     mesh_port: u16,
     caller: Option<(u16, &Path)>,
     threads: usize,
+    ca_dir: Option<&Path>,
 ) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "sidecar".into(),
@@ -304,6 +328,12 @@ fn sidecar_args(
         "--log-level".into(),
         "warn".into(),
     ];
+    match ca_dir {
+        Some(dir) => args.extend(["--ca-dir".into(), dir.display().to_string()]),
+        // The peers' chains are plaintext; so is this one (the 1-hop client calls the mesh
+        // port directly).
+        None => args.extend(["--mtls".into(), "off".into()]),
+    }
     if threads > 0 {
         args.extend(["--threads".into(), threads.to_string()]);
     }

@@ -65,6 +65,9 @@ pub(crate) async fn measure(
         "--app-id",
         APP_ID,
         "--no-discovery",
+        // One sidecar, no mesh hop: no certificate authority to create.
+        "--mtls",
+        "off",
         "--threads",
         "1",
         "--log-level",

@@ -119,13 +119,25 @@ impl LocalRegistry {
 
     /// Every app in the registry but `app_id` (in any namespace), one target each: where the
     /// in-memory pub/sub hands a message to the other apps on this host.
-    pub(crate) fn apps_except(&self, app_id: &str, namespace: Option<&str>) -> Vec<Arc<AppTarget>> {
+    /// Every other app on the host: its id, its namespace and its sidecars.
+    pub(crate) fn apps_except(
+        &self,
+        app_id: &str,
+        namespace: Option<&str>,
+    ) -> Vec<(String, Option<String>, Arc<AppTarget>)> {
         let own = app_key(app_id, namespace);
         self.view
             .load()
             .iter()
             .filter(|(key, _)| **key != own && key.as_str() != app_id)
-            .map(|(_, target)| target.clone())
+            .map(|(key, target)| {
+                // Keys are `<app-id>` or `<app-id>.<namespace>`; app ids have no dots.
+                let (app, ns) = match key.split_once('.') {
+                    Some((app, ns)) => (app.to_string(), Some(ns.to_string())),
+                    None => (key.clone(), None),
+                };
+                (app, ns, target.clone())
+            })
             .collect()
     }
 

@@ -22,18 +22,21 @@ mod drain;
 #[doc(hidden)]
 pub mod fuzz_support;
 mod http1;
+pub mod identity;
 mod launch;
 mod listeners;
+mod mesh_identity;
 mod metrics;
 mod options;
 mod routing;
 mod serve;
 mod shared;
+mod stream;
 mod subscriptions;
 mod upstream;
 
 pub use discovery::{default_registry_dir, RegistryEntry};
 pub use launch::{launch, LaunchError};
-pub use options::{AppProtocol, MovablePorts, Protocol, SidecarOptions};
+pub use options::{AppProtocol, MovablePorts, MtlsOptions, Protocol, SidecarOptions};
 pub use serve::{run, BoundListeners};
 pub use shared::{ProxyError, Shared};

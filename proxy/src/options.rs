@@ -73,6 +73,18 @@ pub struct SidecarOptions {
     pub max_connections: usize,
     /// Concurrent streams an HTTP/2 client may open on one connection.
     pub h2_max_concurrent_streams: u32,
+    /// Mutual TLS on the mesh hop; `None` is plaintext (`--mtls off`).
+    pub mtls: Option<MtlsOptions>,
+}
+
+/// Where this sidecar's workload certificate comes from and what it says.
+#[derive(Debug, Clone)]
+pub struct MtlsOptions {
+    pub trust_domain: String,
+    /// The local certificate authority's directory (created on first use, owner-only).
+    pub ca_dir: PathBuf,
+    /// The workload certificate's lifetime; renewed at about half of it.
+    pub cert_ttl: Duration,
 }
 
 impl SidecarOptions {
@@ -103,6 +115,7 @@ impl SidecarOptions {
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             h2_max_concurrent_streams: 128,
+            mtls: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Binding the listeners, serving them on the shared bundle, and the serve-then-drain life.
 
+use crate::identity::MeshTls;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -100,6 +101,7 @@ fn spawn_listener<S: Service>(
     name: &'static str,
     shared: &Arc<Shared>,
     stop: &watch::Receiver<bool>,
+    tls: Option<Arc<MeshTls>>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(socket)?;
     tokio::spawn(listeners::accept(
@@ -108,6 +110,7 @@ fn spawn_listener<S: Service>(
         settings(name, &shared.options),
         shared.clone(),
         stop.clone(),
+        tls,
     ));
     Ok(())
 }
@@ -140,6 +143,7 @@ pub async fn run(
         "dapr_http",
         &shared,
         &stop,
+        None,
     )
     .map_err(bind_error(
         "Dapr HTTP API",
@@ -152,6 +156,10 @@ pub async fn run(
         "mesh",
         &shared,
         &stop,
+        shared
+            .identity
+            .as_ref()
+            .map(|identity| identity.tls.clone()),
     )
     .map_err(bind_error("mesh listener", addrs.mesh, "--mesh-port"))?;
     spawn_listener(
@@ -160,8 +168,16 @@ pub async fn run(
         "admin",
         &shared,
         &stop,
+        None,
     )
     .map_err(bind_error("admin listener", addrs.admin, "--admin-port"))?;
+    if let Some(identity) = &shared.identity {
+        tokio::spawn(identity.clone().renew_forever());
+    } else {
+        tracing::warn!(
+            "mTLS is OFF (--mtls off): the mesh port takes plaintext from anyone who can reach it, and callers' app ids are taken on trust"
+        );
+    }
     {
         let endpoints = shared.endpoints.clone();
         tokio::spawn(async move {

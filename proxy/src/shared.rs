@@ -1,6 +1,7 @@
 //! What every listener reads: the configuration cell, the endpoints and their state, discovery,
 //! metrics and the drain counter. One [`Shared`] per sidecar; listeners hold an `Arc` of it.
 
+use crate::mesh_identity::MeshIdentity;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +84,8 @@ pub struct Shared {
     pub(crate) addresses: parking_lot::Mutex<Option<ListenerAddrs>>,
     /// The pub/sub subscriptions and their delivery workers.
     pub(crate) subscriptions: crate::subscriptions::Subscriptions,
+    /// This sidecar's mesh identity; `None` with `--mtls off`.
+    pub(crate) identity: Option<Arc<MeshIdentity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,8 @@ pub enum ProxyError {
     Config(String),
     #[error("cannot write this sidecar's entry into the registry {dir}: {source}")]
     Registry { dir: String, source: std::io::Error },
+    #[error("cannot set up mTLS: {0} (or start with --mtls off)")]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 impl Shared {
@@ -129,6 +134,14 @@ impl Shared {
             .registry_dir
             .clone()
             .map(|dir| Arc::new(LocalRegistry::new(dir, endpoints.clone(), metrics.clone())));
+        let identity = match &options.mtls {
+            Some(mtls) => Some(Arc::new(MeshIdentity::start(
+                mtls,
+                &options.app_id,
+                options.namespace.as_deref(),
+            )?)),
+            None => None,
+        };
         let app = options.app_port.map(|port| LocalApp {
             endpoints: EndpointSet::round_robin(&endpoints, vec![(format!("127.0.0.1:{port}"), 1)]),
             authority: format!("127.0.0.1:{port}"),
@@ -153,6 +166,7 @@ impl Shared {
             extended_metadata: parking_lot::Mutex::new(BTreeMap::new()),
             addresses: parking_lot::Mutex::new(None),
             subscriptions: Default::default(),
+            identity,
         }))
     }
 

@@ -151,6 +151,14 @@ pub struct EchoApp {
     pub port: u16,
 }
 
+impl EchoApp {
+    /// How many requests the app has served (asked directly, not through a sidecar).
+    pub async fn requests(&self) -> u64 {
+        let count = get_json(format!("http://127.0.0.1:{}/echo-app/requests", self.port)).await;
+        count["requests"].as_u64().expect("a request count")
+    }
+}
+
 pub fn start_echo_app(name: &str) -> EchoApp {
     start_echo_app_with_delay(name, None)
 }
@@ -244,6 +252,12 @@ impl SidecarBuilder {
         self
     }
 
+    /// Plaintext on the mesh hop (`--mtls off`), for tests that speak raw HTTP to the mesh
+    /// port to test the HTTP engine behind it.
+    pub fn plaintext(self) -> Self {
+        self.arg("--mtls").arg("off")
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.command.env(key, value);
         self
@@ -271,12 +285,19 @@ pub struct Mesh {
 }
 
 pub fn start_pair() -> Mesh {
+    pair_with(|b| b)
+}
+
+/// The usual pair with plaintext mesh hops, for tests that write raw HTTP to b's mesh port.
+pub fn start_plaintext_pair() -> Mesh {
+    pair_with(SidecarBuilder::plaintext)
+}
+
+fn pair_with(flags: impl Fn(SidecarBuilder) -> SidecarBuilder) -> Mesh {
     let registry = tempfile::tempdir().expect("tempdir");
     let app_b = start_echo_app("b");
-    let b = SidecarBuilder::new("b", registry.path())
-        .app_port(app_b.port)
-        .start();
-    let a = SidecarBuilder::new("a", registry.path()).start();
+    let b = flags(SidecarBuilder::new("b", registry.path()).app_port(app_b.port)).start();
+    let a = flags(SidecarBuilder::new("a", registry.path())).start();
     Mesh {
         registry,
         app_b,

@@ -102,9 +102,21 @@ impl Broker {
     }
 
     pub fn sidecar(&self, app_id: &str, app: Option<&SubscriberApp>) -> SidecarProc {
-        let mut builder = SidecarBuilder::new(app_id, self.registry.path())
-            .arg("--resources-path")
-            .arg(self.resources.path().to_str().unwrap());
+        self.sidecar_with(app_id, app, |b| b)
+    }
+
+    /// The same, with more flags.
+    pub fn sidecar_with(
+        &self,
+        app_id: &str,
+        app: Option<&SubscriberApp>,
+        flags: impl FnOnce(SidecarBuilder) -> SidecarBuilder,
+    ) -> SidecarProc {
+        let mut builder = flags(
+            SidecarBuilder::new(app_id, self.registry.path())
+                .arg("--resources-path")
+                .arg(self.resources.path().to_str().unwrap()),
+        );
         if let Some(app) = app {
             builder = builder.app_port(app.port);
         }

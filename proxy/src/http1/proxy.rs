@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
+use crate::stream::{ReadHalf, WriteHalf};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::client::{ClientConn, MAX_RESPONSE_HEAD};
 use super::framing::{put_body, BodyDecoder, BodyLength, Decoded, FramingError, LAST_CHUNK};
@@ -133,6 +133,7 @@ pub(crate) async fn exchange(
         let (mut up_r, mut up_w) = up.stream.split();
         let send_then_head = async {
             up_w.write_all(fwd).await.map_err(ForwardError::Upstream)?;
+            up_w.flush().await.map_err(ForwardError::Upstream)?;
             let interim = (!client_http10).then_some(&mut down_w);
             let head = read_response_head(&mut up_r, up_rbuf, up_head, request_was_head, interim);
             tokio::pin!(head);
@@ -215,11 +216,7 @@ pub(crate) async fn exchange(
 /// Resolves when the client has closed (or broken) its connection; never, if it is still
 /// there — including when it has already sent its next pipelined request.
 async fn client_gone(reader: &mut ReadHalf<'_>) {
-    let mut probe = [0u8; 1];
-    match reader.peek(&mut probe).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
-    }
+    reader.peer_gone().await
 }
 
 pub(crate) enum CopyError {
@@ -285,6 +282,7 @@ async fn copy_request_body(
         };
         if !wbuf.is_empty() {
             up_w.write_all(wbuf).await.map_err(CopyError::Upstream)?;
+            up_w.flush().await.map_err(CopyError::Upstream)?;
         }
         match next {
             Step::End => return Ok(()),
@@ -336,6 +334,7 @@ pub(crate) async fn read_response_head(
                             .write_all(&relay)
                             .await
                             .map_err(ForwardError::Downstream)?;
+                        client.flush().await.map_err(ForwardError::Downstream)?;
                     }
                     continue;
                 }
@@ -431,12 +430,12 @@ async fn tunnel(down: &mut ServerConn, up: &mut ClientConn) -> Result<Forwarded,
     up.rbuf.clear();
     down.responded = true;
     down.stream
-        .write_all(&down.wbuf)
+        .write_all_flushed(&down.wbuf)
         .await
         .map_err(ForwardError::Downstream)?;
     if !down.rbuf.is_empty() {
         up.stream
-            .write_all(&down.rbuf)
+            .write_all_flushed(&down.rbuf)
             .await
             .map_err(|e| ForwardError::AfterResponse(e.to_string()))?;
         down.rbuf.clear();

@@ -8,9 +8,9 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::stream::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::framing::{BodyDecoder, BodyLength, Decoded, FramingError};
@@ -118,7 +118,7 @@ impl ConnTimer {
 // === impl ServerConn ===
 
 pub(crate) struct ServerConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     pub(crate) rbuf: BytesMut,
     pub(crate) wbuf: Vec<u8>,
     pub(crate) head: RequestHead,
@@ -135,12 +135,14 @@ pub(crate) struct ServerConn {
     served: u64,
     pub(crate) timer: ConnTimer,
     pub(crate) limits: ConnLimits,
+    /// The identity the client proved (mTLS on the mesh port).
+    pub(crate) peer_id: Option<std::sync::Arc<crate::identity::SpiffeId>>,
 }
 
 impl ServerConn {
     /// A connection whose first bytes (read while detecting the protocol) are in `rbuf`.
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: Stream,
         rbuf: BytesMut,
         limits: ConnLimits,
         accepted: Instant,
@@ -158,6 +160,7 @@ impl ServerConn {
             served: 0,
             timer: ConnTimer::new(accepted + limits.header_timeout),
             limits,
+            peer_id: None,
         }
     }
 
@@ -185,7 +188,7 @@ impl ServerConn {
     }
 
     /// The socket and what was read from it, for a protocol served elsewhere.
-    pub(crate) fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub(crate) fn into_parts(self) -> (Stream, BytesMut) {
         (self.stream, self.rbuf)
     }
 
@@ -258,11 +261,7 @@ impl ServerConn {
         if !self.rbuf.is_empty() {
             return std::future::pending().await;
         }
-        let mut probe = [0u8; 1];
-        match self.stream.peek(&mut probe).await {
-            Ok(0) | Err(_) => {}
-            Ok(_) => std::future::pending().await,
-        }
+        self.stream.peer_gone().await
     }
 
     /// Sends `100 Continue` if the client asked for it and is waiting to send a body.
@@ -270,7 +269,7 @@ impl ServerConn {
         if self.head.expect_continue && !self.continue_sent && !self.body.is_done() {
             self.continue_sent = true;
             self.stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .write_all_flushed(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await?;
         }
         Ok(())
@@ -432,11 +431,30 @@ impl ServerConn {
 /// touched; a client that takes nothing for the idle timeout (a reader that never reads) is
 /// given up on.
 pub(crate) async fn write_to_client(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     bytes: &[u8],
     timer: &mut ConnTimer,
     idle: Duration,
 ) -> std::io::Result<()> {
+    let stream = match stream {
+        Stream::Tcp(stream) => stream,
+        Stream::Tls(stream) => {
+            // TLS takes the bytes into its own buffer: bound the whole write instead.
+            timer.set(Instant::now() + idle);
+            let write = async {
+                stream.write_all(bytes).await?;
+                stream.flush().await
+            };
+            return tokio::select! {
+                biased;
+                written = write => written,
+                () = timer.expired() => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the client took nothing for {}", outrigger_config::duration::format(&idle)),
+                )),
+            };
+        }
+    };
     let mut rest = bytes;
     while !rest.is_empty() {
         match stream.try_write(rest) {

@@ -38,6 +38,7 @@ impl Admin {
             // Component secrets are masked; secretKeyRef and envRef references stay visible.
             "snapshot": shared.snapshot().redacted(),
             "policies_in_force": policies_in_force(&shared.config.load()),
+            "identity": identity(shared),
         });
         serde_json::to_vec_pretty(&dump).unwrap_or_default()
     }
@@ -107,6 +108,25 @@ impl Service for Admin {
 }
 
 /// What the `Resiliency` resources that apply to this app resolve to, per target app.
+/// This sidecar's workload certificate: who it says this is, and when it is renewed.
+fn identity(shared: &Shared) -> serde_json::Value {
+    let Some(identity) = &shared.identity else {
+        return json!({"mtls": "off"});
+    };
+    let material = identity.tls.current();
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    json!({
+        "mtls": "on",
+        "spiffe_id": material.id().to_uri(),
+        "not_before_unix": unix(material.not_before()),
+        "not_after_unix": unix(material.not_after()),
+        "trust_bundle_roots": material.bundle().len(),
+    })
+}
+
 fn policies_in_force(config: &crate::active::ActiveConfig) -> serde_json::Value {
     let mut apps: Vec<_> = config.app_policies.iter().collect();
     apps.sort_by(|a, b| a.0.cmp(b.0));

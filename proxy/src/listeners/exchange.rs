@@ -4,6 +4,7 @@
 //! ([`H2Exchange`], on hyper) implement it.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
@@ -14,6 +15,7 @@ use crate::answer::Answer;
 use crate::blocks::{BlockError, ERR_MALFORMED_REQUEST};
 use crate::http1::head::{HeaderEdits, RequestHead};
 use crate::http1::server::{BodyError, ServerConn};
+use crate::identity::SpiffeId;
 use crate::routing::HeaderLookup;
 use crate::upstream::{self, Body, Failure, Target, UpstreamError};
 
@@ -41,6 +43,9 @@ pub(crate) trait Downstream: Send {
 
     /// Whether the client connected from a loopback address (this host).
     fn is_loopback_peer(&self) -> bool;
+
+    /// The identity the client proved with its certificate (mTLS on the mesh port).
+    fn peer_id(&self) -> Option<Arc<SpiffeId>>;
 
     /// Ends the connection after this request (its answer broke off, or its framing is in
     /// doubt), so that nothing after it can be taken for the rest of it.
@@ -111,6 +116,10 @@ impl Downstream for ServerConn {
             .is_ok_and(|peer| peer.ip().is_loopback())
     }
 
+    fn peer_id(&self) -> Option<Arc<SpiffeId>> {
+        self.peer_id.clone()
+    }
+
     fn close_after(&mut self) {
         self.keep_alive = false;
     }
@@ -132,12 +141,18 @@ pub(crate) struct H2Exchange {
     body: Option<Incoming>,
     response: Option<Response<Body>>,
     from_loopback: bool,
+    peer_id: Option<Arc<SpiffeId>>,
 }
 
 impl H2Exchange {
-    pub(crate) fn new(request: Request<Incoming>, from_loopback: bool) -> H2Exchange {
+    pub(crate) fn new(
+        request: Request<Incoming>,
+        from_loopback: bool,
+        peer_id: Option<Arc<SpiffeId>>,
+    ) -> H2Exchange {
         let (parts, body) = request.into_parts();
         H2Exchange {
+            peer_id,
             parts,
             body: Some(body),
             response: None,
@@ -250,6 +265,10 @@ impl Downstream for H2Exchange {
 
     fn is_loopback_peer(&self) -> bool {
         self.from_loopback
+    }
+
+    fn peer_id(&self) -> Option<Arc<SpiffeId>> {
+        self.peer_id.clone()
     }
 
     fn close_after(&mut self) {

@@ -24,6 +24,13 @@ impl MeshInbound {
 
 /// The app sees its own token (APP_API_TOKEN) and never a caller's DAPR_API_TOKEN.
 const TOKEN_HEADER: &[&str] = &["dapr-api-token"];
+/// Under mTLS the caller's identity comes from its certificate; what the peer wrote in these
+/// headers is dropped.
+const IDENTITY_HEADERS: &[&str] = &[
+    "dapr-api-token",
+    "dapr-caller-app-id",
+    "dapr-caller-namespace",
+];
 
 impl Service for MeshInbound {
     async fn serve<D: Downstream>(&self, request: &mut D) {
@@ -63,13 +70,25 @@ impl Service for MeshInbound {
             );
             return request.answer(error.into()).await;
         };
-        let token = options
-            .app_api_token
-            .as_deref()
-            .map(|t| [("dapr-api-token", t)]);
+        let mut added = [("", ""); 3];
+        let mut count = 0;
+        if let Some(token) = options.app_api_token.as_deref() {
+            added[count] = ("dapr-api-token", token);
+            count += 1;
+        }
+        let peer = request.peer_id();
+        if let Some(peer) = &peer {
+            added[count] = ("dapr-caller-app-id", peer.app_id());
+            added[count + 1] = ("dapr-caller-namespace", peer.namespace());
+            count += 2;
+        }
         let edits = HeaderEdits {
-            remove: TOKEN_HEADER,
-            add: token.as_ref().map_or(&[], |t| t.as_slice()),
+            remove: if peer.is_some() {
+                IDENTITY_HEADERS
+            } else {
+                TOKEN_HEADER
+            },
+            add: &added[..count],
             default_host: Some(&app.authority),
             ..HeaderEdits::default()
         };
@@ -81,6 +100,7 @@ impl Service for MeshInbound {
             hash_key: None,
             retry: None,
             breaker: None,
+            tls: None,
         };
         let status = match request.forward(&target, &edits).await {
             Ok(status) => status,

@@ -9,6 +9,7 @@ pub(crate) mod admin;
 pub(crate) mod dapr_http;
 pub(crate) mod exchange;
 pub(crate) mod mesh_inbound;
+mod mtls;
 mod rewind;
 
 use std::convert::Infallible;
@@ -17,9 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -27,7 +28,9 @@ use crate::answer::Answer;
 use crate::blocks::{BlockError, ERR_HEADERS_TOO_LARGE, ERR_MALFORMED_REQUEST};
 use crate::http1::server::{ConnLimits, Detected, NextRequest, ServerConn, DISCARD_LIMIT};
 use crate::http1::READ_CHUNK;
+use crate::identity::{MeshTls, SpiffeId};
 use crate::shared::Shared;
+use crate::stream::Stream;
 use crate::upstream::{ClientFault, Failure};
 pub(crate) use exchange::Downstream;
 use exchange::H2Exchange;
@@ -99,6 +102,7 @@ pub(crate) async fn accept<S: Service>(
     settings: ListenerSettings,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    tls: Option<Arc<MeshTls>>,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let metrics = Arc::new(shared.metrics.listener(settings.name));
@@ -145,8 +149,17 @@ pub(crate) async fn accept<S: Service>(
         let _ = stream.set_nodelay(true);
         metrics.open.inc();
         let (service, shared, metrics) = (service.clone(), shared.clone(), metrics.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, service, settings, shared, permit).await;
+            let accepted = Instant::now();
+            let stream = match tls {
+                None => Some((Stream::Tcp(stream), None)),
+                Some(tls) => mtls::accept(stream, &tls, settings.limits.header_timeout).await,
+            };
+            if let Some((stream, peer_id)) = stream {
+                serve_connection(stream, peer_id, accepted, service, settings, shared, permit)
+                    .await;
+            }
             metrics.open.dec();
         });
     }
@@ -176,25 +189,37 @@ impl Throttle {
 }
 
 async fn serve_connection<S: Service>(
-    stream: TcpStream,
+    stream: Stream,
+    peer_id: Option<Arc<SpiffeId>>,
+    accepted: Instant,
     service: Arc<S>,
     settings: ListenerSettings,
     shared: Arc<Shared>,
     _slot: OwnedSemaphorePermit,
 ) {
+    let from_loopback = stream.peer_addr().is_ok_and(|peer| peer.ip().is_loopback());
+    if mtls::negotiated_h2(&stream) {
+        return serve_h2(
+            Rewind::new(Bytes::new(), stream),
+            service,
+            settings,
+            shared,
+            from_loopback,
+            peer_id,
+        )
+        .await;
+    }
     let mut conn = ServerConn::new(
         stream,
         BytesMut::with_capacity(READ_CHUNK),
         settings.limits,
-        Instant::now(),
+        accepted,
     );
+    conn.peer_id = peer_id;
     match conn.detect().await {
         Detected::Http1 => serve_h1(conn, &*service, &shared).await,
         Detected::Http2 => {
-            let from_loopback = conn
-                .stream
-                .peer_addr()
-                .is_ok_and(|peer| peer.ip().is_loopback());
+            let peer_id = conn.peer_id.take();
             let (stream, read) = conn.into_parts();
             serve_h2(
                 Rewind::new(read.freeze(), stream),
@@ -202,6 +227,7 @@ async fn serve_connection<S: Service>(
                 settings,
                 shared,
                 from_loopback,
+                peer_id,
             )
             .await
         }
@@ -316,15 +342,17 @@ async fn serve_h2<S: Service>(
     settings: ListenerSettings,
     shared: Arc<Shared>,
     from_loopback: bool,
+    peer_id: Option<Arc<SpiffeId>>,
 ) {
     let activity = Arc::new(H2Activity::default());
     let handler = {
         let activity = activity.clone();
         hyper::service::service_fn(move |request| {
             let (service, shared, activity) = (service.clone(), shared.clone(), activity.clone());
+            let peer_id = peer_id.clone();
             async move {
                 let mut guard = StreamGuard::new(activity);
-                let mut exchange = H2Exchange::new(request, from_loopback);
+                let mut exchange = H2Exchange::new(request, from_loopback, peer_id);
                 {
                     let _in_flight = S::DRAINED.then(|| shared.drain.enter());
                     service.serve(&mut exchange).await;

@@ -5,17 +5,17 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::stream::Stream;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 pub(crate) struct Rewind {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: Stream,
 }
 
 impl Rewind {
-    pub(crate) fn new(prefix: Bytes, inner: TcpStream) -> Rewind {
+    pub(crate) fn new(prefix: Bytes, inner: Stream) -> Rewind {
         Rewind { prefix, inner }
     }
 }
@@ -74,13 +74,13 @@ mod tests {
     #[tokio::test]
     async fn the_prefix_is_read_before_the_socket() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         client.write_all(b" world").await.unwrap();
         drop(client);
-        let mut rewound = Rewind::new(Bytes::from_static(b"hello"), server);
+        let mut rewound = Rewind::new(Bytes::from_static(b"hello"), server.into());
         let mut all = String::new();
         rewound.read_to_string(&mut all).await.unwrap();
         assert_eq!(all, "hello world");

@@ -369,6 +369,7 @@ async fn post(
         hash_key: None,
         retry: None,
         breaker: None,
+        tls: None,
     };
     let started = Instant::now();
     let result = call::call(

@@ -119,6 +119,7 @@ async fn ask(shared: &Shared) -> Result<Option<Bytes>, String> {
         hash_key: None,
         retry: None,
         breaker: None,
+        tls: None,
     };
     let reply = call::call(
         &target,

@@ -45,9 +45,17 @@ pub(crate) async fn fan_out(shared: &Shared, pubsub: &str, message: OutgoingMess
         utf8_percent_encode(&message.topic, NON_ALPHANUMERIC)
     );
     let metadata = serde_json::to_string(&message.metadata).unwrap_or_default();
-    let sends = peers.iter().map(|peer| {
+    let sends = peers.iter().map(|(app, namespace, peer)| {
         let (path, metadata, data) = (&path, &metadata, message.data.clone());
         async move {
+            let tls = match &shared.identity {
+                Some(identity) => Some(
+                    identity
+                        .peer(app, namespace.as_deref())
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
             let target = Target {
                 set: &peer.endpoints,
                 protocol: options.mesh_protocol,
@@ -56,6 +64,7 @@ pub(crate) async fn fan_out(shared: &Shared, pubsub: &str, message: OutgoingMess
                 hash_key: None,
                 retry: None,
                 breaker: None,
+                tls: tls.as_deref(),
             };
             let request = call::request(
                 Method::POST,

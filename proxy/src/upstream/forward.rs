@@ -27,6 +27,7 @@ use crate::http1::head::{self, ConnectionTokens, HeaderEdits, ResponseHead};
 use crate::http1::proxy::{self, ForwardError};
 use crate::http1::server::{write_to_client, ServerConn};
 use crate::http1::READ_CHUNK;
+use crate::mesh_identity::PeerTls;
 
 /// How a sidecar talks to the endpoints of a set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,6 +52,9 @@ pub(crate) struct Target<'a> {
     pub(crate) retry: Option<&'a AppRetry>,
     /// The circuit breaker guarding calls to this target, if a policy names one.
     pub(crate) breaker: Option<&'a Breaker>,
+    /// mTLS to the target's sidecars, and the identity they must prove; `None`: plaintext
+    /// (the local app, or `--mtls off`).
+    pub(crate) tls: Option<&'a PeerTls>,
 }
 
 /// A request's `ringHash` key: the named header's value, or the named query parameter of the
@@ -220,9 +224,16 @@ fn report(endpoint: &Endpoint, started: Instant, result: Result<u16, &Failure>) 
     endpoint.report(&outcome);
 }
 
-async fn connect(endpoint: &Endpoint, limit: Duration) -> std::io::Result<Box<ClientConn>> {
+async fn connect(endpoint: &Endpoint, target: &Target<'_>) -> std::io::Result<Box<ClientConn>> {
     let addr = endpoint.addr.resolve().await?;
-    ClientConn::connect(addr, limit).await.map(Box::new)
+    ClientConn::connect(addr, target.connect_timeout, target.tls)
+        .await
+        .map(Box::new)
+}
+
+/// An idle pooled connection to `endpoint` whose peer proved what `target` expects.
+fn pooled(endpoint: &Endpoint, target: &Target<'_>) -> Option<Box<ClientConn>> {
+    endpoint.pool.take(target.tls.map(|tls| &tls.expected))
 }
 
 // === from an HTTP/1.1 client ===
@@ -297,9 +308,9 @@ async fn h1_to_h1(
         };
         let hold: Option<&(dyn Fn(u16) -> bool + Sync)> =
             retry.map(|_| &hold_status as &(dyn Fn(u16) -> bool + Sync));
-        let mut conn = match endpoint.pool.take() {
+        let mut conn = match pooled(endpoint, target) {
             Some(conn) => conn,
-            None => match connect(endpoint, target.connect_timeout).await {
+            None => match connect(endpoint, target).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     let failure = Failure::at(UpstreamError::Connect(e), endpoint);
@@ -322,7 +333,7 @@ async fn h1_to_h1(
             // The peer closed an idle connection just as it was used: the request is whole in
             // memory, nothing reached the client, and sending it twice does no harm (the app
             // may have read it before closing), so it goes once more on a fresh connection.
-            match connect(endpoint, target.connect_timeout).await {
+            match connect(endpoint, target).await {
                 Ok(fresh) => {
                     conn = fresh;
                     result = proxy::exchange(down, &mut conn, target.head_timeout, hold).await;
@@ -462,7 +473,7 @@ async fn h2_sender(
         };
         match endpoint
             .h2
-            .sender(&endpoint.addr, target.connect_timeout)
+            .sender(&endpoint.addr, target.connect_timeout, target.tls)
             .await
         {
             Ok(sender) => {
@@ -1083,12 +1094,12 @@ where
             }));
         };
         let started = Instant::now();
-        match endpoint.pool.take() {
+        match pooled(endpoint, target) {
             Some(conn) => {
                 tried.push(index);
                 break (endpoint.clone(), conn, started);
             }
-            None => match connect(endpoint, target.connect_timeout).await {
+            None => match connect(endpoint, target).await {
                 Ok(conn) => {
                     tried.push(index);
                     break (endpoint.clone(), conn, started);
@@ -1111,6 +1122,7 @@ where
             up_w.write_all(&head_bytes)
                 .await
                 .map_err(ForwardError::Upstream)?;
+            up_w.flush().await.map_err(ForwardError::Upstream)?;
             let head =
                 proxy::read_response_head(&mut up_r, rbuf, response_head, request_was_head, None);
             if framing == BodyLength::Empty || framing == BodyLength::Length(0) {
@@ -1125,11 +1137,13 @@ where
                             wbuf.clear();
                             put_body(wbuf, &data, framing);
                             up_w.write_all(wbuf).await?;
+                            up_w.flush().await?;
                         }
                     }
                 }
                 if framing == BodyLength::Chunked {
                     up_w.write_all(LAST_CHUNK).await?;
+                    up_w.flush().await?;
                 }
                 Ok::<(), std::io::Error>(())
             };

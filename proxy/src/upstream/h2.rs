@@ -10,6 +10,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 
 use super::endpoint::EndpointAddr;
+use crate::http1::client::dial;
+use crate::identity::{Alpn, SpiffeId};
+use crate::mesh_identity::PeerTls;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type requests and responses carry on the HTTP/2 paths.
@@ -20,28 +23,31 @@ const MAX_STREAMS: u32 = 128;
 
 #[derive(Default)]
 pub(crate) struct H2Connection {
-    sender: Mutex<Option<SendRequest<Body>>>,
+    /// The live connection, and the identity its peer proved (`None`: plaintext).
+    sender: Mutex<Option<(SendRequest<Body>, Option<SpiffeId>)>>,
     /// Serialises connecting, so a burst of first requests opens one connection.
     connecting: tokio::sync::Mutex<()>,
 }
 
 impl H2Connection {
     /// A handle to send requests on, connecting first if there is no live connection.
+    /// Over mTLS given `tls`: a connection whose peer proved another identity is replaced.
     pub(crate) async fn sender(
         &self,
         addr: &EndpointAddr,
         connect_timeout: Duration,
+        tls: Option<&PeerTls>,
     ) -> std::io::Result<SendRequest<Body>> {
-        if let Some(sender) = self.live() {
+        let peer = tls.map(|tls| &tls.expected);
+        if let Some(sender) = self.live(peer) {
             return Ok(sender);
         }
         let _one_at_a_time = self.connecting.lock().await;
-        if let Some(sender) = self.live() {
+        if let Some(sender) = self.live(peer) {
             return Ok(sender);
         }
         let connect = async {
-            let stream = tokio::net::TcpStream::connect(addr.resolve().await?).await?;
-            stream.set_nodelay(true)?;
+            let stream = dial(addr.resolve().await?, connect_timeout, tls, Alpn::H2).await?;
             hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .initial_stream_window_size(4 << 20)
@@ -67,12 +73,15 @@ impl H2Connection {
                 tracing::debug!(error = %e, "HTTP/2 upstream connection ended");
             }
         });
-        *self.sender.lock() = Some(sender.clone());
+        *self.sender.lock() = Some((sender.clone(), peer.cloned()));
         Ok(sender)
     }
 
-    fn live(&self) -> Option<SendRequest<Body>> {
+    fn live(&self, peer: Option<&SpiffeId>) -> Option<SendRequest<Body>> {
         let guard = self.sender.lock();
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+        guard
+            .as_ref()
+            .filter(|(sender, proved)| !sender.is_closed() && proved.as_ref() == peer)
+            .map(|(sender, _)| sender.clone())
     }
 }

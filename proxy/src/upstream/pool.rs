@@ -7,6 +7,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::http1::client::ClientConn;
+use crate::identity::SpiffeId;
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 256;
@@ -23,11 +24,15 @@ pub(crate) struct Http1Pool {
 }
 
 impl Http1Pool {
-    /// The most recently used idle connection that is still usable.
-    pub(crate) fn take(&self) -> Option<Box<ClientConn>> {
+    /// The most recently used idle connection that is still usable and whose peer proved
+    /// `peer` (`None`: a plaintext one).
+    pub(crate) fn take(&self, peer: Option<&SpiffeId>) -> Option<Box<ClientConn>> {
         let mut idle = self.idle.lock();
         while let Some(conn) = idle.pop() {
-            if conn.idle_since.elapsed() < IDLE_TIMEOUT && conn.is_idle_usable() {
+            if conn.idle_since.elapsed() < IDLE_TIMEOUT
+                && conn.peer.as_ref() == peer
+                && conn.is_idle_usable()
+            {
                 return Some(conn);
             }
         }
@@ -64,18 +69,18 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = Http1Pool::default();
-        let first = ClientConn::connect(addr, Duration::from_secs(1))
+        let first = ClientConn::connect(addr, Duration::from_secs(1), None)
             .await
             .unwrap();
         let (server_first, _) = listener.accept().await.unwrap();
-        let second = ClientConn::connect(addr, Duration::from_secs(1))
+        let second = ClientConn::connect(addr, Duration::from_secs(1), None)
             .await
             .unwrap();
         let (_server_second, _) = listener.accept().await.unwrap();
         let second_port = second.stream.local_addr().unwrap().port();
         pool.put(Box::new(first));
         pool.put(Box::new(second));
-        let taken = pool.take().unwrap();
+        let taken = pool.take(None).unwrap();
         assert_eq!(taken.stream.local_addr().unwrap().port(), second_port);
         pool.put(taken);
         // The peer closes the first connection: it is never handed out again.
@@ -84,9 +89,9 @@ mod tests {
         pool.sweep();
         assert_eq!(pool.idle_count(), 1);
         assert_eq!(
-            pool.take().unwrap().stream.local_addr().unwrap().port(),
+            pool.take(None).unwrap().stream.local_addr().unwrap().port(),
             second_port
         );
-        assert!(pool.take().is_none());
+        assert!(pool.take(None).is_none());
     }
 }

@@ -148,6 +148,17 @@ impl DaprHttp {
             .as_ref()
             .and_then(|on| crate::upstream::forward::hash_key_of(on, request, &target));
         let policy = shared.config.load().app_policy(&target.app_id);
+        let tls = match &shared.identity {
+            Some(identity) => match identity.peer(&target.app_id, target.namespace.as_deref()) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    return request
+                        .answer(BlockError::invoke(&target.app_id, e).into())
+                        .await
+                }
+            },
+            None => None,
+        };
         let upstream = Target {
             set: &resolved.endpoints,
             protocol: options.mesh_protocol,
@@ -159,6 +170,7 @@ impl DaprHttp {
             hash_key,
             retry: policy.as_ref().and_then(|p| p.retry.as_ref()),
             breaker: policy.as_ref().and_then(|p| p.breaker.as_deref()),
+            tls: tls.as_deref(),
         };
         let status = match request.forward(&upstream, &edits).await {
             Ok(status) => status,
