@@ -136,7 +136,7 @@ struct CommonArgs {
     #[arg(long, env = "OUTRIGGER_CA_DIR", value_name = "DIR")]
     ca_dir: Option<PathBuf>,
     /// Lifetime of this sidecar's workload certificate; it is renewed at about half of it
-    #[arg(long, default_value = "24h", value_parser = parse_positive_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_cert_ttl)]
     cert_ttl: Duration,
     /// On SIGTERM, how long to wait for requests in flight
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
@@ -213,6 +213,18 @@ fn parse_control_plane(text: &str) -> Result<String, String> {
             "{text:?} is not an http:// URL with a host; expected e.g. http://127.0.0.1:15010"
         )),
     }
+}
+
+/// A workload certificate's lifetime: X.509 validity is in whole seconds, so anything under
+/// two would expire as it is issued; a year is the local root's own lifetime.
+fn parse_cert_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = outrigger_config::duration::parse(text)?;
+    if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(365 * 24 * 3600) {
+        return Err(format!(
+            "{text:?} is outside 2s..365d (certificate validity is counted in whole seconds, and the local root lives a year)"
+        ));
+    }
+    Ok(ttl)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

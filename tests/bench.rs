@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 use support::outrigger_bin;
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 9] = [
     "direct",
     "outrigger-1hop",
     "outrigger-2hop",
@@ -17,6 +17,8 @@ const SCENARIOS: [&str; 7] = [
     "outrigger-2hop-mtls",
     "nginx-2hop",
     "haproxy-2hop",
+    "nginx-2hop-tls",
+    "haproxy-2hop-tls",
 ];
 
 #[test]

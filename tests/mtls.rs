@@ -149,7 +149,7 @@ async fn the_mesh_port_presents_the_apps_spiffe_id_and_replaces_a_forged_caller_
         "the server's certificate names b in its URI SAN"
     );
     stream
-        .write_all(b"GET /who HTTP/1.1\r\nhost: b\r\ndapr-caller-app-id: admin\r\ndapr-caller-namespace: kube-system\r\n\r\n")
+        .write_all(b"GET /who HTTP/1.1\r\nhost: b\r\ndapr-caller-app-id: admin\r\nDAPR-Caller-App-Id: root\r\ndapr_caller_app_id: admin\r\ndapr-caller-namespace: kube-system\r\n\r\n")
         .await
         .unwrap();
     stream.flush().await.unwrap();
@@ -160,6 +160,8 @@ async fn the_mesh_port_presents_the_apps_spiffe_id_and_replaces_a_forged_caller_
         echo["headers"]["dapr-caller-namespace"], "default",
         "{echo}"
     );
+    // The underscore spelling, which CGI-style frameworks read as the same header, is dropped.
+    assert!(echo["headers"]["dapr_caller_app_id"].is_null(), "{echo}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,20 +22,21 @@ struct Setup {
     a: SidecarProc,
 }
 
+/// Plaintext mesh hops: most of these tests write raw HTTP to b's mesh port.
 async fn setup(b_flags: &[&str]) -> Setup {
+    setup_with(b_flags, true).await
+}
+
+async fn setup_with(b_flags: &[&str], plaintext: bool) -> Setup {
     let registry = tempfile::tempdir().unwrap();
     let app = LiarApp::start().await;
-    // Plaintext mesh hops: these tests write raw HTTP to b's mesh port.
-    let mut b = SidecarBuilder::new("b", registry.path())
-        .plaintext()
-        .app_port(app.port);
+    let mode = |b: SidecarBuilder| if plaintext { b.plaintext() } else { b };
+    let mut b = mode(SidecarBuilder::new("b", registry.path()).app_port(app.port));
     for flag in b_flags {
         b = b.arg(flag);
     }
     let b = b.start();
-    let a = SidecarBuilder::new("a", registry.path())
-        .plaintext()
-        .start();
+    let a = mode(SidecarBuilder::new("a", registry.path())).start();
     Setup {
         _registry: registry,
         app,
@@ -254,7 +255,17 @@ async fn metric_settles(sidecar: &SidecarProc, line_prefix: &str, want: f64) -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_that_leave_while_the_app_is_silent_free_what_they_held() {
-    let setup = setup(&[]).await;
+    leave_while_the_app_is_silent(setup(&[]).await).await;
+}
+
+/// Under mTLS the callee's sidecar cannot peek at its caller's socket (a close_notify is
+/// bytes); it must still notice the caller left and let go of the app.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_leave_free_what_they_held_over_an_mtls_hop_too() {
+    leave_while_the_app_is_silent(setup_with(&[], false).await).await;
+}
+
+async fn leave_while_the_app_is_silent(setup: Setup) {
     let mut clients = Vec::new();
     for _ in 0..20 {
         let mut stream = TcpStream::connect(setup.a.dapr_http).await.unwrap();

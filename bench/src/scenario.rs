@@ -41,10 +41,17 @@ pub enum ScenarioName {
     #[value(name = "haproxy-2hop")]
     #[serde(rename = "haproxy-2hop")]
     Haproxy2Hop,
+    /// nginx → nginx with mutual TLS 1.3 between them, the peer of `outrigger-2hop-mtls`.
+    #[value(name = "nginx-2hop-tls")]
+    #[serde(rename = "nginx-2hop-tls")]
+    Nginx2HopTls,
+    #[value(name = "haproxy-2hop-tls")]
+    #[serde(rename = "haproxy-2hop-tls")]
+    Haproxy2HopTls,
 }
 
 impl ScenarioName {
-    pub const ALL: [ScenarioName; 7] = [
+    pub const ALL: [ScenarioName; 9] = [
         ScenarioName::Direct,
         ScenarioName::Outrigger1Hop,
         ScenarioName::Outrigger2Hop,
@@ -52,6 +59,8 @@ impl ScenarioName {
         ScenarioName::Outrigger2HopMtls,
         ScenarioName::Nginx2Hop,
         ScenarioName::Haproxy2Hop,
+        ScenarioName::Nginx2HopTls,
+        ScenarioName::Haproxy2HopTls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,11 +72,19 @@ impl ScenarioName {
             ScenarioName::Outrigger2HopMtls => "outrigger-2hop-mtls",
             ScenarioName::Nginx2Hop => "nginx-2hop",
             ScenarioName::Haproxy2Hop => "haproxy-2hop",
+            ScenarioName::Nginx2HopTls => "nginx-2hop-tls",
+            ScenarioName::Haproxy2HopTls => "haproxy-2hop-tls",
         }
     }
 
     pub fn is_peer(self) -> bool {
-        matches!(self, ScenarioName::Nginx2Hop | ScenarioName::Haproxy2Hop)
+        matches!(
+            self,
+            ScenarioName::Nginx2Hop
+                | ScenarioName::Haproxy2Hop
+                | ScenarioName::Nginx2HopTls
+                | ScenarioName::Haproxy2HopTls
+        )
     }
 
     /// Proxies between the client and the app.
@@ -165,9 +182,19 @@ impl Topology {
             procs.extend([chain.b, chain.a]);
         }
 
-        for (name, is_nginx) in [
-            (ScenarioName::Nginx2Hop, true),
-            (ScenarioName::Haproxy2Hop, false),
+        let tls_files = if selected
+            .iter()
+            .any(|s| matches!(s, ScenarioName::Nginx2HopTls | ScenarioName::Haproxy2HopTls))
+        {
+            Some(peers::TlsFiles::generate(&dir.join("peer-tls"))?)
+        } else {
+            None
+        };
+        for (name, is_nginx, tls) in [
+            (ScenarioName::Nginx2Hop, true, false),
+            (ScenarioName::Haproxy2Hop, false, false),
+            (ScenarioName::Nginx2HopTls, true, true),
+            (ScenarioName::Haproxy2HopTls, false, true),
         ] {
             if !selected.contains(&name) {
                 continue;
@@ -176,8 +203,13 @@ impl Topology {
             let mut pids = Vec::new();
             for (hop, listen, upstream) in [("b", b_port, app_port), ("a", a_port, b_port)] {
                 let label = format!("{}-{hop}", name.as_str());
+                let hop_tls = match (tls_files.as_ref().filter(|_| tls), hop) {
+                    (None, _) => peers::HopTls::None,
+                    (Some(files), "b") => peers::HopTls::Server(files),
+                    (Some(files), _) => peers::HopTls::Client(files),
+                };
                 let mut proc = if is_nginx {
-                    let config = peers::nginx_config(dir, &label, listen, upstream)?;
+                    let config = peers::nginx_config(dir, &label, listen, upstream, hop_tls)?;
                     let args = vec![
                         "-c".to_string(),
                         config.display().to_string(),
@@ -192,7 +224,7 @@ impl Topology {
                         &log(&label),
                     )?
                 } else {
-                    let config = peers::haproxy_config(dir, &label, listen, upstream)?;
+                    let config = peers::haproxy_config(dir, &label, listen, upstream, hop_tls)?;
                     let args = vec!["-f".to_string(), config.display().to_string(), "-db".into()];
                     Proc::spawn(
                         &label,
@@ -202,7 +234,10 @@ impl Topology {
                         &log(&label),
                     )?
                 };
-                wait_http_ok(&mut proc, local(listen), "/", READY_WITHIN)?;
+                // A TLS listener answers no plaintext probe: the first hop's check covers it.
+                if !matches!(hop_tls, peers::HopTls::Server(_)) {
+                    wait_http_ok(&mut proc, local(listen), "/", READY_WITHIN)?;
+                }
                 pids.push(proc.pid());
                 procs.push(proc);
             }

@@ -17,6 +17,11 @@ use crate::options::MtlsOptions;
 /// How long a failed renewal waits before it tries again (the certificate in use is still
 /// valid for about half its life).
 const RENEW_RETRY: Duration = Duration::from_secs(10);
+/// The renewal wait is slept in steps of at most this, the wall clock read again after each:
+/// tokio's clock does not count a suspended laptop, nor see the wall clock jump.
+const RENEW_CHECK: Duration = Duration::from_secs(30);
+/// Renewals never come closer together than this, whatever the clock says.
+const RENEW_MIN_GAP: Duration = Duration::from_millis(500);
 /// Peers whose expected identities are kept; past this the map starts over.
 const MAX_PEERS: usize = 1024;
 
@@ -92,11 +97,19 @@ impl MeshIdentity {
     /// runs. New handshakes use the new certificate; open connections finish on the old one.
     pub(crate) async fn renew_forever(self: Arc<Self>) {
         loop {
-            let at = self.tls.current().renew_at();
-            let wait = at
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            tokio::time::sleep(wait).await;
+            let material = self.tls.current();
+            let at = material.renew_at();
+            tokio::time::sleep(RENEW_MIN_GAP).await;
+            loop {
+                let now = SystemTime::now();
+                // Renew once due, and at once if the clock went back behind the
+                // certificate's start (it would look not yet valid to peers).
+                if now >= at || now < material.not_before() {
+                    break;
+                }
+                let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+                tokio::time::sleep(wait.min(RENEW_CHECK)).await;
+            }
             let renewed = Material::issue_local(&self.authority, self.tls.own_id(), self.ttl)
                 .and_then(|material| self.tls.rotate(material));
             match renewed {

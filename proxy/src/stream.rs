@@ -56,13 +56,19 @@ impl Stream {
     }
 
     /// Resolves when the peer has closed (or broken) the connection; never while it is there.
-    /// Under TLS only a closed socket is seen (bytes waiting may be a close_notify, which is
-    /// not told apart from data until read).
-    pub(crate) async fn peer_gone(&self) {
-        let mut probe = [0u8; 1];
-        match self.tcp().peek(&mut probe).await {
-            Ok(0) | Err(_) => {}
-            Ok(_) => std::future::pending().await,
+    /// Plain TCP is peeked. TLS cannot be (a close_notify is bytes on the socket), so it is
+    /// read: what arrives is the peer's next request and is kept in `rbuf`; end of stream or
+    /// an error means it is gone.
+    pub(crate) async fn peer_gone(&mut self, rbuf: &mut bytes::BytesMut) {
+        match self {
+            Stream::Tcp(stream) => {
+                let mut probe = [0u8; 1];
+                match stream.peek(&mut probe).await {
+                    Ok(0) | Err(_) => {}
+                    Ok(_) => std::future::pending().await,
+                }
+            }
+            Stream::Tls(stream) => read_or_gone(&mut **stream, rbuf).await,
         }
     }
 
@@ -149,9 +155,8 @@ pub(crate) enum WriteHalf<'a> {
 }
 
 impl ReadHalf<'_> {
-    /// As [`Stream::peer_gone`]; a TLS half cannot look at its socket and never resolves
-    /// (the exchange's own timeout bounds the wait).
-    pub(crate) async fn peer_gone(&mut self) {
+    /// As [`Stream::peer_gone`].
+    pub(crate) async fn peer_gone(&mut self, rbuf: &mut bytes::BytesMut) {
         match self {
             ReadHalf::Tcp(half) => {
                 let mut probe = [0u8; 1];
@@ -160,8 +165,19 @@ impl ReadHalf<'_> {
                     Ok(_) => std::future::pending().await,
                 }
             }
-            ReadHalf::Tls(_) => std::future::pending().await,
+            ReadHalf::Tls(half) => read_or_gone(half, rbuf).await,
         }
+    }
+}
+
+/// Reads into `rbuf`: resolves at end of stream or on an error; once bytes arrive (the peer's
+/// next request, kept for later) it never resolves.
+async fn read_or_gone<R: AsyncRead + Unpin>(reader: &mut R, rbuf: &mut bytes::BytesMut) {
+    use tokio::io::AsyncReadExt;
+    rbuf.reserve(1024);
+    match reader.read_buf(rbuf).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 

@@ -165,7 +165,7 @@ pub(crate) async fn exchange(
             tokio::select! {
                 biased;
                 result = &mut head => result,
-                () = client_gone(&mut down_r), if !pipelined => Err(ForwardError::ClientGone),
+                () = client_gone(&mut down_r, rbuf), if !pipelined => Err(ForwardError::ClientGone),
             }
         };
         match head_timeout {
@@ -215,8 +215,8 @@ pub(crate) async fn exchange(
 
 /// Resolves when the client has closed (or broken) its connection; never, if it is still
 /// there — including when it has already sent its next pipelined request.
-async fn client_gone(reader: &mut ReadHalf<'_>) {
-    reader.peer_gone().await
+async fn client_gone(reader: &mut ReadHalf<'_>, rbuf: &mut BytesMut) {
+    reader.peer_gone(rbuf).await
 }
 
 pub(crate) enum CopyError {

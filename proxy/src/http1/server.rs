@@ -261,7 +261,7 @@ impl ServerConn {
         if !self.rbuf.is_empty() {
             return std::future::pending().await;
         }
-        self.stream.peer_gone().await
+        self.stream.peer_gone(&mut self.rbuf).await
     }
 
     /// Sends `100 Continue` if the client asked for it and is waiting to send a body.

@@ -27,6 +27,7 @@ impl LocalAuthority {
     /// Loads the CA in `dir`, creating the directory (0700) and a new root for
     /// `trust_domain` if there is none yet.
     pub fn open_or_create(dir: &Path, trust_domain: &str) -> Result<Authority, IdentityError> {
+        check_ancestors(dir)?;
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -61,10 +62,8 @@ fn load(
     trust_domain: &str,
 ) -> Result<Authority, IdentityError> {
     wait_for_cert(cert_path)?;
-    check_private_key(key_path)?;
-    let key_pem = fs::read_to_string(key_path).map_err(io(key_path, "read the CA key"))?;
-    let cert_pem =
-        fs::read_to_string(cert_path).map_err(io(cert_path, "read the CA certificate"))?;
+    let key_pem = read_private(key_path, "key file", 0o077)?;
+    let cert_pem = read_private(cert_path, "certificate file", 0o022)?;
     let authority = Authority::from_pem(&cert_pem, &key_pem).map_err(|err| {
         IdentityError::UnsafeCaFiles {
             path: dir.to_owned(),
@@ -122,8 +121,92 @@ fn wait_for_cert(cert_path: &Path) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// Every directory above the CA's must be one that only this user (or root) can rearrange:
+/// owned by either, and not writable by others unless sticky (as /tmp is). Otherwise whoever
+/// owns it could swap the CA directory for one of their own between check and use.
+fn check_ancestors(dir: &Path) -> Result<(), IdentityError> {
+    let me = nix::unistd::geteuid().as_raw();
+    let absolute = std::path::absolute(dir).map_err(io(dir, "resolve the CA directory"))?;
+    for ancestor in absolute.ancestors().skip(1) {
+        let meta = match fs::metadata(ancestor) {
+            Ok(meta) => meta,
+            // Not there yet: created below by this sidecar, owned by this user.
+            Err(err) if err.kind() == ErrorKind::NotFound => continue,
+            Err(err) => return Err(io(ancestor, "inspect a directory above the CA")(err)),
+        };
+        let owner_ok = meta.uid() == me || meta.uid() == 0;
+        let mode = meta.mode();
+        let sticky = mode & 0o1000 != 0;
+        if !owner_ok || (mode & 0o022 != 0 && !sticky) {
+            return Err(IdentityError::UnsafeCaFiles {
+                path: ancestor.to_owned(),
+                problem: format!(
+                    "a directory above the CA is owned by uid {} with mode {:04o}: another user could replace the CA directory inside it",
+                    meta.uid(),
+                    mode & 0o7777
+                ),
+                fix: format!(
+                    "put the CA elsewhere with --ca-dir (or set XDG_RUNTIME_DIR), or make {} owned by uid {me} and not writable by others",
+                    ancestor.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads a CA file without following a symbolic link, checking the file it opened (not the
+/// path, which could change in between): a regular file of this user's with no permission
+/// bits in `forbidden`.
+fn read_private(path: &Path, what: &str, forbidden: u32) -> Result<String, IdentityError> {
+    use std::io::Read;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(|err| match err.raw_os_error() {
+            Some(code) if code == nix::errno::Errno::ELOOP as i32 => IdentityError::UnsafeCaFiles {
+                path: path.to_owned(),
+                problem: format!("the CA {what} is a symbolic link"),
+                fix: "replace the link with the file itself".to_owned(),
+            },
+            _ => io(path, "open a CA file")(err),
+        })?;
+    let meta = file.metadata().map_err(io(path, "inspect a CA file"))?;
+    if !meta.is_file() {
+        return Err(IdentityError::UnsafeCaFiles {
+            path: path.to_owned(),
+            problem: format!("the CA {what} is not a regular file"),
+            fix: "restore the file, or remove the CA directory to create a new CA".to_owned(),
+        });
+    }
+    check_owner(path, &meta, what)?;
+    let mode = meta.mode() & 0o777;
+    if mode & forbidden != 0 {
+        return Err(IdentityError::UnsafeCaFiles {
+            path: path.to_owned(),
+            problem: format!("the CA {what} has mode {mode:04o}: group or others may read or change it, and with it mint any identity"),
+            fix: format!("run `chmod 600 {}`", path.display()),
+        });
+    }
+    let mut text = String::new();
+    // A CA file is a few hundred bytes; a huge one is not ours.
+    (&mut file)
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(io(path, "read a CA file"))?;
+    Ok(text)
+}
+
 fn check_private_dir(dir: &Path) -> Result<(), IdentityError> {
-    let meta = fs::metadata(dir).map_err(io(dir, "inspect the CA directory"))?;
+    let meta = fs::symlink_metadata(dir).map_err(io(dir, "inspect the CA directory"))?;
+    if meta.file_type().is_symlink() {
+        return Err(IdentityError::UnsafeCaFiles {
+            path: dir.to_owned(),
+            problem: "the CA directory is a symbolic link".to_owned(),
+            fix: "point --ca-dir at the directory itself".to_owned(),
+        });
+    }
     if !meta.is_dir() {
         return Err(IdentityError::UnsafeCaFiles {
             path: dir.to_owned(),
@@ -138,20 +221,6 @@ fn check_private_dir(dir: &Path) -> Result<(), IdentityError> {
             path: dir.to_owned(),
             problem: format!("the CA directory is writable by group or others (mode {mode:04o}), so they could replace the CA"),
             fix: format!("run `chmod 700 {}`", dir.display()),
-        });
-    }
-    Ok(())
-}
-
-fn check_private_key(key_path: &Path) -> Result<(), IdentityError> {
-    let meta = fs::metadata(key_path).map_err(io(key_path, "inspect the CA key"))?;
-    check_owner(key_path, &meta, "key file")?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(IdentityError::UnsafeCaFiles {
-            path: key_path.to_owned(),
-            problem: format!("the CA key is accessible to group or others (mode {mode:04o}), so they could mint any identity"),
-            fix: format!("run `chmod 600 {}`", key_path.display()),
         });
     }
     Ok(())
@@ -287,6 +356,44 @@ mod tests {
     }
 
     #[test]
+    fn refuses_a_directory_above_it_that_others_may_write() {
+        // Another user who owns (or may write) a directory above the CA could swap the CA
+        // directory for one of their own between our checks and our reads.
+        let base = tempfile::tempdir().unwrap();
+        let shared = base.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let err =
+            LocalAuthority::open_or_create(&shared.join("registry").join("ca"), "cluster.local")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains(&shared.display().to_string()), "{err}");
+        assert!(err.contains("mode 0777"), "{err}");
+        assert!(
+            err.contains("another user could replace the CA directory"),
+            "{err}"
+        );
+        // Sticky, as /tmp is: others cannot rename what is ours inside it.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        LocalAuthority::open_or_create(&shared.join("registry").join("ca"), "cluster.local")
+            .expect("a sticky world-writable parent is safe");
+    }
+
+    #[test]
+    fn refuses_a_key_that_is_a_symbolic_link() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("ca");
+        LocalAuthority::open_or_create(&dir, "cluster.local").unwrap();
+        let elsewhere = base.path().join("elsewhere.key");
+        fs::rename(dir.join("ca.key"), &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("ca.key")).unwrap();
+        let err = LocalAuthority::open_or_create(&dir, "cluster.local")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the CA key file is a symbolic link"), "{err}");
+    }
+
+    #[test]
     fn refuses_a_world_readable_key() {
         let base = tempfile::tempdir().unwrap();
         LocalAuthority::open_or_create(base.path(), "cluster.local").unwrap();
@@ -296,7 +403,7 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains(&key.display().to_string()), "{message}");
         assert!(
-            message.contains("accessible to group or others (mode 0644)"),
+            message.contains("the CA key file has mode 0644: group or others may read"),
             "{message}"
         );
         assert!(

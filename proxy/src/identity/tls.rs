@@ -245,6 +245,7 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        bounded_chain(intermediates)?;
         let material = self.current.load();
         material
             .client_verifier()
@@ -315,6 +316,7 @@ impl ServerCertVerifier for ServerIdentityVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        bounded_chain(intermediates)?;
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
@@ -368,6 +370,23 @@ impl ServerCertVerifier for ServerIdentityVerifier {
 }
 
 /// A certificate refused for its identity, with the reason kept for the handshake error.
+/// Intermediates a peer may send. Path building tries them against each other before the
+/// peer is authenticated, so an unbounded chain is free work for anyone who can connect. The
+/// local CA signs workload certificates directly; two leaves room for a CA of your own.
+const MAX_INTERMEDIATES: usize = 2;
+
+fn bounded_chain(intermediates: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    if intermediates.len() > MAX_INTERMEDIATES {
+        return Err(refused(IdentityError::Certificate {
+            reason: format!(
+                "the chain carries {} intermediate certificates; at most {MAX_INTERMEDIATES} are accepted",
+                intermediates.len()
+            ),
+        }));
+    }
+    Ok(())
+}
+
 fn refused(err: IdentityError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
 }

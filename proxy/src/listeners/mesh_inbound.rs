@@ -26,10 +26,15 @@ impl MeshInbound {
 const TOKEN_HEADER: &[&str] = &["dapr-api-token"];
 /// Under mTLS the caller's identity comes from its certificate; what the peer wrote in these
 /// headers is dropped.
+/// The underscore spellings too: CGI-style frameworks (WSGI, Rack, PHP) read
+/// `dapr_caller_app_id` as the same `HTTP_DAPR_CALLER_APP_ID`.
 const IDENTITY_HEADERS: &[&str] = &[
     "dapr-api-token",
     "dapr-caller-app-id",
     "dapr-caller-namespace",
+    "dapr_api_token",
+    "dapr_caller_app_id",
+    "dapr_caller_namespace",
 ];
 
 impl Service for MeshInbound {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -14,6 +14,9 @@ use crate::stream::Stream;
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// The longest a handshake may take (or `--header-timeout`, when shorter): a peer that has
+/// not proved who it is holds a connection slot for no longer than this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The answer to plaintext on a port that takes mTLS only.
 const PLAINTEXT_REFUSED: &str = r#"{"errorCode":"ERR_MTLS_REQUIRED","message":"this is a mesh port: it accepts mutual TLS from other sidecars only, not plaintext. Call apps through your own sidecar's Dapr API (http://127.0.0.1:3500/v1.0/invoke/<app-id>/method/...)"}"#;
@@ -44,7 +47,9 @@ pub(crate) async fn accept(
             }
         }
     };
-    let stream = tokio::time::timeout(limit, handshake).await.ok()??;
+    let stream = tokio::time::timeout(limit.min(HANDSHAKE_TIMEOUT), handshake)
+        .await
+        .ok()??;
     let peer = peer_id(stream.get_ref().1).map(Arc::new);
     if peer.is_none() {
         // The verifier requires a SPIFFE id; a handshake without one is a bug, not a peer.
@@ -61,6 +66,17 @@ async fn refuse_plaintext(mut stream: TcpStream) {
     );
     let _ = stream.write_all(answer.as_bytes()).await;
     let _ = stream.shutdown().await;
+    // Read what the client sent before closing: closing with unread bytes makes the kernel
+    // reset the connection, which can destroy the answer before the client reads it.
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
 }
 
 /// Whether the client chose HTTP/2 in ALPN.

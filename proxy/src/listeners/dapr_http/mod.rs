@@ -149,7 +149,11 @@ impl DaprHttp {
             .and_then(|on| crate::upstream::forward::hash_key_of(on, request, &target));
         let policy = shared.config.load().app_policy(&target.app_id);
         let tls = match &shared.identity {
-            Some(identity) => match identity.peer(&target.app_id, target.namespace.as_deref()) {
+            // An app id without a namespace means the caller's own namespace, as in Dapr.
+            Some(identity) => match identity.peer(
+                &target.app_id,
+                target.namespace.as_deref().or(options.namespace.as_deref()),
+            ) {
                 Ok(tls) => Some(tls),
                 Err(e) => {
                     return request
