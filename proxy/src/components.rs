@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use outrigger_config::dapr::Component;
+use outrigger_config::dapr::{Component, ComponentPolicyRefs, PolicyRefs, Resiliency};
 use outrigger_config::{Snapshot, SnapshotError};
 use outrigger_pubsub::OpenedPubSub;
 use outrigger_state::{OpenedStore, StateError};
@@ -186,19 +186,7 @@ fn outbound_policy(
     app_id: &str,
     breakers: &Breakers,
 ) -> Result<OutboundPolicy, String> {
-    for resiliency in snapshot.policies.resiliency.values() {
-        if !resiliency.scopes.is_empty() && !resiliency.scopes.iter().any(|s| s == app_id) {
-            continue;
-        }
-        let Some(refs) = resiliency
-            .spec
-            .targets
-            .components
-            .get(name)
-            .and_then(|sides| sides.outbound.as_ref())
-        else {
-            continue;
-        };
+    if let Some((resiliency, refs)) = component_refs(snapshot, name, app_id, |s| &s.outbound) {
         let policies = &resiliency.spec.policies;
         let retry = refs
             .retry
@@ -326,6 +314,27 @@ pub(crate) fn open_pubsubs(
     Ok(brokers)
 }
 
+/// The first `Resiliency` that applies to `app_id` and names policies for component `name`
+/// on the side `side` picks, with those policy names.
+fn component_refs<'a>(
+    snapshot: &'a Snapshot,
+    name: &str,
+    app_id: &str,
+    side: impl Fn(&ComponentPolicyRefs) -> &Option<PolicyRefs>,
+) -> Option<(&'a Resiliency, &'a PolicyRefs)> {
+    snapshot
+        .policies
+        .resiliency
+        .values()
+        .find_map(|resiliency| {
+            let in_scope =
+                resiliency.scopes.is_empty() || resiliency.scopes.iter().any(|s| s == app_id);
+            let sides = resiliency.spec.targets.components.get(name)?;
+            let refs = side(sides).as_ref()?;
+            in_scope.then_some((resiliency, refs))
+        })
+}
+
 /// The retry schedule and attempt timeout of `targets.components.<name>.inbound` in the
 /// `Resiliency` resources that apply to `app_id`, or the pub/sub defaults.
 fn inbound_policy(
@@ -333,19 +342,7 @@ fn inbound_policy(
     name: &str,
     app_id: &str,
 ) -> Result<(RetrySchedule, Option<Duration>), String> {
-    for resiliency in snapshot.policies.resiliency.values() {
-        if !resiliency.scopes.is_empty() && !resiliency.scopes.iter().any(|s| s == app_id) {
-            continue;
-        }
-        let Some(refs) = resiliency
-            .spec
-            .targets
-            .components
-            .get(name)
-            .and_then(|sides| sides.inbound.as_ref())
-        else {
-            continue;
-        };
+    if let Some((resiliency, refs)) = component_refs(snapshot, name, app_id, |s| &s.inbound) {
         let policies = &resiliency.spec.policies;
         let retry = match refs.retry.as_ref().and_then(|r| policies.retries.get(r)) {
             Some(policy) => RetrySchedule::from_policy(policy).map_err(|e| {

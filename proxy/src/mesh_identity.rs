@@ -29,7 +29,8 @@ pub(crate) struct MeshIdentity {
     pub(crate) tls: Arc<MeshTls>,
     authority: Authority,
     ttl: Duration,
-    peers: RwLock<HashMap<String, Arc<PeerTls>>>,
+    /// By namespace, then app id: looked up with borrowed strings, so a call allocates nothing.
+    peers: RwLock<HashMap<String, HashMap<String, Arc<PeerTls>>>>,
 }
 
 /// What a connection to one app's sidecars must prove, and the client configurations that
@@ -75,8 +76,7 @@ impl MeshIdentity {
         namespace: Option<&str>,
     ) -> Result<Arc<PeerTls>, IdentityError> {
         let namespace = namespace.unwrap_or(DEFAULT_NAMESPACE);
-        let key = format!("{app_id}\u{0}{namespace}");
-        if let Some(peer) = self.peers.read().get(&key) {
+        if let Some(peer) = self.peers.read().get(namespace).and_then(|n| n.get(app_id)) {
             return Ok(peer.clone());
         }
         let expected = SpiffeId::new(self.tls.own_id().trust_domain(), namespace, app_id)?;
@@ -86,10 +86,13 @@ impl MeshIdentity {
             expected,
         });
         let mut peers = self.peers.write();
-        if peers.len() >= MAX_PEERS {
+        if peers.values().map(HashMap::len).sum::<usize>() >= MAX_PEERS {
             peers.clear();
         }
-        peers.insert(key, peer.clone());
+        peers
+            .entry(namespace.to_string())
+            .or_default()
+            .insert(app_id.to_string(), peer.clone());
         Ok(peer)
     }
 

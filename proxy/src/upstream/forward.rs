@@ -720,10 +720,23 @@ async fn h2_attempt(
     request: impl Fn(&Endpoint) -> Result<Request<Body>, UpstreamError>,
 ) -> Result<Response<Incoming>, Failure> {
     let (endpoint, mut sender) = h2_sender(target, tried).await?;
-    let fail = |error: UpstreamError| Failure::at(error, &endpoint);
     let started = Instant::now();
     let _in_flight = endpoint.begin();
-    let send = sender.send_request(request(&endpoint).map_err(fail)?);
+    let request = request(&endpoint).map_err(|e| Failure::at(e, &endpoint))?;
+    send_h2(&mut sender, request, target, &endpoint, started).await
+}
+
+/// Sends `request` on an HTTP/2 connection to `endpoint` and waits for the response head
+/// within the target's timeout; the outcome is reported to the endpoint.
+async fn send_h2(
+    sender: &mut hyper::client::conn::http2::SendRequest<Body>,
+    request: Request<Body>,
+    target: &Target<'_>,
+    endpoint: &Endpoint,
+    started: Instant,
+) -> Result<Response<Incoming>, Failure> {
+    let fail = |error: UpstreamError| Failure::at(error, endpoint);
+    let send = sender.send_request(request);
     let result = match target.head_timeout {
         Some(limit) => tokio::time::timeout(limit, send)
             .await
@@ -732,7 +745,7 @@ async fn h2_attempt(
         None => send.await.map_err(|e| fail(e.into())),
     };
     report(
-        &endpoint,
+        endpoint,
         started,
         result.as_ref().map(|r| r.status().as_u16()),
     );
@@ -1042,20 +1055,9 @@ where
     }
     add_edits(&mut parts.headers, edits);
     let request = Request::from_parts(parts, body.map_err(to_box_error).boxed());
-    let send = sender.send_request(request);
-    let result = match target.head_timeout {
-        Some(limit) => tokio::time::timeout(limit, send)
-            .await
-            .map_err(|_| fail(UpstreamError::Timeout(limit)))
-            .and_then(|r| r.map_err(|e| fail(e.into()))),
-        None => send.await.map_err(|e| fail(e.into())),
-    };
-    report(
-        &endpoint,
-        started,
-        result.as_ref().map(|r| r.status().as_u16()),
-    );
-    result.map(|response| response.map(|b| b.map_err(BoxError::from).boxed()))
+    send_h2(&mut sender, request, target, &endpoint, started)
+        .await
+        .map(|response| response.map(|b| b.map_err(BoxError::from).boxed()))
 }
 
 async fn h2_to_h1<B>(
