@@ -66,12 +66,14 @@ async fn serve(
     let listeners = BoundListeners::bind(&options)?;
     let env = app_environment(&options, &listeners);
     let shared = Shared::new(options, snapshot)?;
+    // Handlers first: "sidecar listening" is logged by the server task, and a SIGTERM sent on
+    // seeing it must find them installed rather than kill the process outright.
+    let mut terminate = signal(SignalKind::terminate()).map_err(LaunchError::Runtime)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(LaunchError::Runtime)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(run(shared.clone(), listeners, async {
         let _ = stop_rx.await;
     }));
-    let mut terminate = signal(SignalKind::terminate()).map_err(LaunchError::Runtime)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(LaunchError::Runtime)?;
 
     let code = if app_command.is_empty() {
         tokio::select! {
